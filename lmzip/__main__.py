@@ -1,0 +1,3 @@
+from lmzip.cli import main
+
+main()
