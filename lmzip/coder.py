@@ -128,9 +128,7 @@ def dec_target(st, P):
     """The value in [0, 2^P) that selects the symbol: cum[s] <= target < cum[s] + freq[s]."""
     t = st[_CODE] // (st[_DRANGE] >> np.uint64(P))
     top = (np.uint64(1) << np.uint64(P)) - np.uint64(1)
-    if t > top:  # only a corrupt stream has code >= range
-        t = top
-    return np.int64(t)
+    return np.int64(min(t, top))  # t > top only when code >= range: a corrupt stream
 
 
 @njit(cache=True)
@@ -313,9 +311,10 @@ class Decoder:
     def decode_array(self, cumtables, n: int) -> np.ndarray:
         """n symbols with one cumtable[V+1] for all or cumtables[n, V+1], one row per symbol."""
         tables = np.asarray(cumtables, dtype=np.int64)
-        rows = tables[None, :] if tables.ndim == 1 else tables
-        for row in rows:
-            _check_cumtable(row, self.precision)
+        rows = np.ascontiguousarray(tables[None, :] if tables.ndim == 1 else tables)
+        bad = rows.ndim != 2 or rows.shape[1] < 2 or np.any(rows[:, 0] != 0)
+        if bad or np.any(rows[:, -1] != 1 << self.precision) or np.any(np.diff(rows) < 0):
+            raise ValueError(f"cumtables must be nondecreasing rows from 0 to 2^{self.precision}")
         if tables.ndim != 1 and rows.shape[0] < n:
             raise ValueError(f"need {n} cumtables, got {rows.shape[0]}")
         return _dec_symbol_array(self._st, self._data, rows, n, self.precision, tables.ndim == 1)
