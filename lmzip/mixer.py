@@ -1,0 +1,553 @@
+"""Adaptive context mixing: the LM's next-token distribution mixed with models learned online.
+
+Spec: format_spec/mixer.md (mixer version 1). A token id is coded as ceil(log2 V) binary
+decisions, most significant bit first. For every decision the LM's probability (exact subtree mass
+ratio), hashed token-context models, a match model and a bias are mixed in the stretched domain by
+a gated linear mixer, refined by two APMs, and the final 16-bit probability is coded with the range
+coder. All arithmetic is int64 (numba), so encoder and decoder agree bit for bit on any machine.
+
+API (all state starts fresh per chunk):
+    MixerParams(...).to_bytes() / MixerParams.from_bytes(b)
+    mix_encode(p_all, tokens, params) -> bytes            one chunk, teacher-forced
+    mix_cost_bits(p_all, tokens, params) -> float64[N]     ideal bits per token (verify)
+    MixEncoder(params, V, max_tokens).feed(p_block, toks); .finish() -> bytes
+    MixDecoder(payload, params, V, max_tokens).next(p) -> token
+    mix_decode_token(head, body, hist, cst, data, p) -> token   njit, for batched decode loops
+"""
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from lmzip.coder import dec_advance, dec_new, dec_overrun, dec_target, enc_finish, enc_new, enc_put
+from lmzip.ctxmodels import (
+    CNT_BITS,
+    CNT_MASK,
+    ENTRY_INIT,
+    H_A1,
+    H_A2,
+    H_A2MASK,
+    H_APMRATE,
+    H_B,
+    H_BASE,
+    H_CTX,
+    H_D,
+    H_DOT,
+    H_LIMIT,
+    H_LR,
+    H_MAXTOK,
+    H_MBIT,
+    H_MEXP,
+    H_MLEN,
+    H_MMIN,
+    H_MMMASK,
+    H_MPTR,
+    H_MSM,
+    H_N,
+    H_NBMASK,
+    H_NIN,
+    H_NM,
+    H_NODE,
+    H_OA1,
+    H_OA2,
+    H_OMEM,
+    H_OMM,
+    H_ORD,
+    H_ORT,
+    H_OSM,
+    H_OSQ,
+    H_OST,
+    H_OW,
+    H_PFIN,
+    H_PMIX,
+    H_SIZE,
+    H_SLOT,
+    H_V,
+    H_WSET,
+    H_X,
+    APM1_SIZE,
+    M1,
+    M2,
+    MASK32,
+    MAX_MODELS,
+    N_WSETS,
+    NIN_MAX,
+    NKNOT,
+    P22,
+    PONE,
+    SM_SIZE,
+    SQUASH_KNOTS,
+    XMAX,
+    _fill_tables,
+    _hfin,
+    _hstep,
+    squash,
+    stretch,
+)
+from lmzip.errors import FormatError, VersionError
+
+MIXER_VERSION = 1
+_PARAMS_FMT = "<BB8BBHBBBBB"  # version, n_orders, orders[8], hash_bits, limit, ...
+
+
+@dataclass(frozen=True)
+class MixerParams:
+    """Every setting that changes the mixer's bytes (spec 6); stored in the file header."""
+
+    orders: tuple = (1, 2, 3, 4, 6)  # token-context orders, one hashed model each
+    hash_bits: int = 18  # 2^hash_bits buckets of 64 bytes shared by the context models
+    limit: int = 255  # adaptation count limit: rate 2 / (2n + 3), n <= limit
+    match_min: int = 5  # tokens hashed to find a match
+    match_bits: int = 18  # 2^match_bits match-table entries (int32 positions)
+    lr: int = 6  # mixer learning rate (w += x * err * lr >> 14)
+    apm_rate: int = 7  # APM update shift
+    apm2_bits: int = 14  # 2^apm2_bits APM2 contexts (previous token x node)
+
+    def __post_init__(self):
+        if not 0 <= len(self.orders) <= MAX_MODELS or any(not 1 <= k <= 32 for k in self.orders):
+            raise ValueError(f"orders must be <= {MAX_MODELS} values in 1..32: {self.orders}")
+        checks = (
+            (10 <= self.hash_bits <= 24, "hash_bits in 10..24"),
+            (1 <= self.limit <= CNT_MASK, f"limit in 1..{CNT_MASK}"),
+            (1 <= self.match_min <= 32, "match_min in 1..32"),
+            (8 <= self.match_bits <= 24, "match_bits in 8..24"),
+            (0 <= self.lr <= 255, "lr in 0..255"),
+            (1 <= self.apm_rate <= 15, "apm_rate in 1..15"),
+            (6 <= self.apm2_bits <= 20, "apm2_bits in 6..20"),
+        )
+        for ok, what in checks:
+            if not ok:
+                raise ValueError(f"mixer parameter out of range: {what}")
+
+    def to_bytes(self) -> bytes:
+        o = tuple(self.orders) + (0,) * (MAX_MODELS - len(self.orders))
+        return struct.pack(
+            _PARAMS_FMT, MIXER_VERSION, len(self.orders), *o, self.hash_bits, self.limit,
+            self.match_min, self.match_bits, self.lr, self.apm_rate, self.apm2_bits,
+        )  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> "MixerParams":
+        if len(b) < 1:
+            raise FormatError("mixer params: empty")
+        if b[0] != MIXER_VERSION:
+            raise VersionError(f"mixer version {b[0]} is not supported (this build: 1)")
+        if len(b) != struct.calcsize(_PARAMS_FMT):
+            raise FormatError(f"mixer params: {len(b)} bytes, expected 18")
+        v = struct.unpack(_PARAMS_FMT, b)
+        n = v[1]
+        if n > MAX_MODELS or any(v[2 + n : 2 + MAX_MODELS]):
+            raise FormatError("mixer params: bad order list")
+        try:
+            return cls(tuple(v[2 : 2 + n]), *v[2 + MAX_MODELS :])
+        except ValueError as e:
+            raise FormatError(str(e)) from None
+
+    def memory_bytes(self, max_tokens: int) -> int:
+        """Bytes of state one chunk needs (head excluded: 8 * (V + 97))."""
+        return 4 * _body_size(self) + 4 * max_tokens
+
+
+def _body_size(prm: MixerParams) -> int:
+    return (
+        (2 * XMAX + 1) + PONE + (CNT_MASK + 1)
+        + 16 * (1 << prm.hash_bits)
+        + N_WSETS * NIN_MAX
+        + (APM1_SIZE + (1 << prm.apm2_bits)) * NKNOT
+        + (1 << prm.match_bits)
+        + SM_SIZE
+    )  # fmt: skip
+
+
+def _new_state(prm: MixerParams, V: int, max_tokens: int):
+    """Fresh (head, body, hist) for one chunk (spec 5.1: initial values)."""
+    if not 1 <= V <= 65536:
+        raise ValueError(f"vocabulary size {V} not in 1..65536")
+    head = np.zeros(H_SIZE + V + 1, np.int64)
+    body = np.zeros(_body_size(prm), np.int32)
+    hist = np.zeros(max(max_tokens, 1), np.int32)
+    off = 0
+    for key, size in (
+        (H_OSQ, 2 * XMAX + 1), (H_OST, PONE), (H_ORT, CNT_MASK + 1),
+        (H_OMEM, 16 << prm.hash_bits), (H_OW, N_WSETS * NIN_MAX), (H_OA1, APM1_SIZE * NKNOT),
+        (H_OA2, NKNOT << prm.apm2_bits), (H_OMM, 1 << prm.match_bits), (H_OSM, SM_SIZE),
+    ):  # fmt: skip
+        head[key] = off
+        off += size
+    assert off == body.size
+    _fill_tables(body, head[H_OSQ], head[H_OST], head[H_ORT], np.array(SQUASH_KNOTS, np.int64))
+    head[H_V] = V
+    head[H_B] = max(1, (V - 1).bit_length())
+    head[H_NM] = len(prm.orders)
+    head[H_NIN] = len(prm.orders) + 3
+    head[H_ORD : H_ORD + len(prm.orders)] = prm.orders
+    head[H_LIMIT], head[H_LR], head[H_APMRATE] = prm.limit, prm.lr, prm.apm_rate
+    head[H_MMIN], head[H_MAXTOK] = prm.match_min, max_tokens
+    head[H_NBMASK] = (1 << prm.hash_bits) - 1
+    head[H_MMMASK] = (1 << prm.match_bits) - 1
+    head[H_A2MASK] = (1 << prm.apm2_bits) - 1
+    body[head[H_OMEM] : head[H_OMEM] + (16 << prm.hash_bits)] = ENTRY_INIT
+    body[head[H_OMEM] :: 16][: 1 << prm.hash_bits] = 0  # slot 0 of each bucket: tag, 0 = empty
+    # The mixer starts as "LM only": weight 1.0 (2^16) on the LM input in every set.
+    w = body[head[H_OW] : head[H_OW] + N_WSETS * NIN_MAX].reshape(N_WSETS, NIN_MAX)
+    w[:, 0] = 1 << 16
+    w[:, 1 : 1 + len(prm.orders)] = 1 << 13
+    w[:, 1 + len(prm.orders)] = 1 << 14
+    knots = np.array(SQUASH_KNOTS, np.int32) << 6  # APM point k starts at squash(128 (k - 24))
+    body[head[H_OA1] : head[H_OA1] + APM1_SIZE * NKNOT] = np.tile(knots, APM1_SIZE)
+    body[head[H_OA2] : head[H_OA2] + (NKNOT << prm.apm2_bits)] = np.tile(knots, 1 << prm.apm2_bits)
+    body[head[H_OSM] : head[H_OSM] + SM_SIZE] = P22 * 3 // 4
+    head[H_MEXP] = -1
+    return head, body, hist
+
+
+@njit(cache=True)
+def _token_begin(head, body, hist, p):
+    """Per-token set-up (spec 5.2): prefix sum of p, context hashes, expected token."""
+    V = head[H_V]
+    s = 0
+    head[H_SIZE] = 0
+    for t in range(V):
+        s += p[t]
+        head[H_SIZE + t + 1] = s
+    n = head[H_N]
+    for m in range(head[H_NM]):
+        k = head[H_ORD + m]
+        h = (k * M2) & MASK32
+        for j in range(1, k + 1):
+            h = _hstep(h, hist[n - j] if n - j >= 0 else 65536)
+        head[H_CTX + m] = h
+    head[H_MEXP] = hist[head[H_MPTR]] if head[H_MLEN] > 0 else -1
+    head[H_NODE] = 1
+    head[H_D] = 0
+
+
+@njit(cache=True)
+def _find_bucket(body, head, h):
+    """Index of the 16-entry bucket for hash h (spec 4.2): tag match in 2 candidates or replace."""
+    omem = head[H_OMEM]
+    tag = (((h * M1) & MASK32) >> 16) + 1
+    i0 = h & head[H_NBMASK]
+    i1 = i0 ^ 1
+    b0 = omem + 16 * i0
+    b1 = omem + 16 * i1
+    if body[b0] == tag:
+        return b0
+    if body[b1] == tag:
+        return b1
+    # replace the candidate whose first node has seen fewer bits (ties: the first)
+    b = b1 if (body[b1 + 1] & CNT_MASK) < (body[b0 + 1] & CNT_MASK) else b0
+    body[b] = tag
+    for j in range(1, 16):
+        body[b + j] = ENTRY_INIT
+    return b
+
+
+@njit(cache=True)
+def _bit_predict(head, body, hist):
+    """P(next bit = 1) in [1, 65535], or -1 when the bit is forced to 0 (spec 5.3)."""
+    V = head[H_V]
+    B = head[H_B]
+    d = head[H_D]
+    node = head[H_NODE]
+    pre = node - (1 << d)
+    sh = B - d
+    lo = pre << sh
+    mid = lo + (1 << (sh - 1))
+    if mid >= V:
+        return -1
+    hi = min(lo + (1 << sh), V)
+    m0 = head[H_SIZE + mid] - head[H_SIZE + lo]
+    m1 = head[H_SIZE + hi] - head[H_SIZE + mid]
+    if m0 + m1 == 0:
+        plm = PONE >> 1
+    else:
+        plm = min(max((m1 << 16) // (m0 + m1), 1), PONE - 1)
+    x0 = stretch(body, head, plm)
+    head[H_X] = x0
+    nm = head[H_NM]
+    g = d & 3
+    if g == 0:
+        for m in range(nm):
+            h = _hfin(_hstep(_hstep(head[H_CTX + m], m), node))
+            head[H_BASE + m] = _find_bucket(body, head, h)
+    jn = (1 << g) | (pre & ((1 << g) - 1))
+    known = 0
+    for m in range(nm):
+        slot = head[H_BASE + m] + jn
+        e = body[slot]
+        head[H_SLOT + m] = slot
+        head[H_X + 1 + m] = stretch(body, head, e >> (CNT_BITS + 6))
+        if e & CNT_MASK:
+            known += 1
+    mexp = head[H_MEXP]
+    mstate = 0
+    xm = 0
+    head[H_MSM] = -1
+    if mexp >= 0 and (mexp >> sh) == pre:
+        ebit = (mexp >> (sh - 1)) & 1
+        mlen = head[H_MLEN]
+        lb = mlen if mlen < 16 else min(16 + ((mlen - 16) >> 2), 31)
+        idx = 2 * lb + (1 if d > 0 else 0)
+        st = stretch(body, head, body[head[H_OSM] + idx] >> 6)
+        xm = st if ebit else -st
+        mstate = 1 if lb < 12 else 2
+        head[H_MSM] = idx
+        head[H_MBIT] = ebit
+    head[H_X + 1 + nm] = xm
+    head[H_X + 2 + nm] = 256
+    ax = abs(x0)
+    conf = 0 if ax < 256 else (1 if ax < 1024 else (2 if ax < 2048 else 3))
+    wset = ((conf * 3 + mstate) * (MAX_MODELS + 1) + known) * NIN_MAX
+    head[H_WSET] = wset
+    ow = head[H_OW] + wset
+    dot = 0
+    for i in range(nm + 3):
+        dot += body[ow + i] * head[H_X + i]
+    dot >>= 16
+    dot = min(max(dot, -XMAX), XMAX)
+    head[H_DOT] = dot
+    pmix = squash(body, head, dot)
+    head[H_PMIX] = pmix
+    # APMs: interpolate between the two grid points around dot, later train the nearer one
+    z = dot + 3072
+    k = z >> 7
+    f = z & 127
+    a1 = head[H_OA1] + (node & (APM1_SIZE - 1)) * NKNOT + k
+    pa1 = (body[a1] * (128 - f) + body[a1 + 1] * f) >> 13
+    prev = hist[head[H_N] - 1] if head[H_N] > 0 else 65536
+    c2 = _hfin(_hstep(_hstep(0, prev), node)) & head[H_A2MASK]
+    a2 = head[H_OA2] + c2 * NKNOT + k
+    pa2 = (body[a2] * (128 - f) + body[a2 + 1] * f) >> 13
+    head[H_A1] = a1 + (f >> 6)
+    head[H_A2] = a2 + (f >> 6)
+    pf = (2 * pmix + pa1 + pa2 + 2) >> 2
+    pf = min(max(pf, 1), PONE - 1)
+    head[H_PFIN] = pf
+    return pf
+
+
+@njit(cache=True)
+def _bit_update(head, body, bit):
+    """Train every component on the coded bit, then descend the tree (spec 5.4)."""
+    nm = head[H_NM]
+    err = ((bit << 16) - head[H_PMIX]) * head[H_LR]
+    ow = head[H_OW] + head[H_WSET]
+    for i in range(nm + 3):
+        body[ow + i] += (head[H_X + i] * err + 8192) >> 14
+    ort = head[H_ORT]
+    limit = head[H_LIMIT]
+    target = bit << 22
+    for m in range(nm):
+        slot = head[H_SLOT + m]
+        e = body[slot]
+        p = e >> CNT_BITS
+        c = e & CNT_MASK
+        p += ((target - p) * body[ort + c]) >> 16
+        if c < limit:
+            c += 1
+        body[slot] = (p << CNT_BITS) | c
+    if head[H_MSM] >= 0:
+        i = head[H_OSM] + head[H_MSM]
+        body[i] += (((1 if bit == head[H_MBIT] else 0) << 22) - body[i]) >> 6
+    r = head[H_APMRATE]
+    a = head[H_A1]
+    body[a] += (target - body[a]) >> r
+    a = head[H_A2]
+    body[a] += (target - body[a]) >> r
+    head[H_NODE] = 2 * head[H_NODE] + bit
+    head[H_D] += 1
+
+
+@njit(cache=True)
+def _token_end(head, body, hist, tok):
+    """Append tok to the history; advance or look up the match model (spec 5.5)."""
+    n = head[H_N]
+    hist[n] = tok
+    n += 1
+    head[H_N] = n
+    mlen = head[H_MLEN]
+    mptr = head[H_MPTR]
+    if mlen > 0 and hist[mptr] == tok:
+        mlen = min(mlen + 1, 65535)
+        mptr += 1
+    else:
+        mlen = 0
+    mmin = head[H_MMIN]
+    if n >= mmin:
+        h = 0
+        for j in range(1, mmin + 1):
+            h = _hstep(h, hist[n - j])
+        i = head[H_OMM] + (_hfin(h) & head[H_MMMASK])
+        if mlen == 0:
+            cand = body[i]
+            if cand > 0:
+                L = 0
+                while L < 32 and cand - 1 - L >= 0 and hist[cand - 1 - L] == hist[n - 1 - L]:
+                    L += 1
+                if L > 0:
+                    mlen = L
+                    mptr = cand
+        body[i] = n
+    head[H_MLEN] = mlen
+    head[H_MPTR] = mptr
+
+
+@njit(cache=True)
+def _cost_block(head, body, hist, p_block, toks, out_bits):
+    """Ideal code length of each token in bits (floats only here, for reporting)."""
+    B = head[H_B]
+    for i in range(toks.shape[0]):
+        _token_begin(head, body, hist, p_block[i])
+        tok = toks[i]
+        bits = 0.0
+        while head[H_D] < B:
+            pf = _bit_predict(head, body, hist)
+            if pf < 0:
+                head[H_NODE] *= 2
+                head[H_D] += 1
+                continue
+            bit = (tok >> (B - 1 - head[H_D])) & 1
+            bits -= np.log2((pf if bit else PONE - pf) / PONE)
+            _bit_update(head, body, bit)
+        _token_end(head, body, hist, tok)
+        out_bits[i] = bits
+
+
+@njit(cache=True)
+def _encode_block(head, body, hist, p_block, toks, cst, out):
+    """Code toks[i] with LM vector p_block[i]; returns bytes written to out (spec 5.6)."""
+    B = head[H_B]
+    pos = 0
+    for i in range(toks.shape[0]):
+        _token_begin(head, body, hist, p_block[i])
+        tok = toks[i]
+        while head[H_D] < B:
+            pf = _bit_predict(head, body, hist)
+            if pf < 0:
+                head[H_NODE] *= 2
+                head[H_D] += 1
+                continue
+            bit = (tok >> (B - 1 - head[H_D])) & 1
+            if bit:
+                pos = enc_put(cst, out, pos, PONE - pf, pf, 16)
+            else:
+                pos = enc_put(cst, out, pos, 0, PONE - pf, 16)
+            _bit_update(head, body, bit)
+        _token_end(head, body, hist, tok)
+    return pos
+
+
+@njit(cache=True)
+def mix_decode_token(head, body, hist, cst, data, p):
+    """Decode one token given the LM vector p (int64[V]); callable from other numba loops.
+
+    The caller guarantees head[H_N] < len(hist) (at most max_tokens tokens per chunk).
+    """
+    B = head[H_B]
+    _token_begin(head, body, hist, p)
+    while head[H_D] < B:
+        pf = _bit_predict(head, body, hist)
+        if pf < 0:
+            head[H_NODE] *= 2
+            head[H_D] += 1
+            continue
+        if dec_target(cst, 16) >= PONE - pf:
+            dec_advance(cst, data, PONE - pf, pf, 16)
+            bit = 1
+        else:
+            dec_advance(cst, data, 0, PONE - pf, 16)
+            bit = 0
+        _bit_update(head, body, bit)
+    tok = head[H_NODE] - (1 << B)
+    _token_end(head, body, hist, tok)
+    return tok
+
+
+def _check_inputs(p_all, tokens, V):
+    p_all = np.ascontiguousarray(p_all, dtype=np.int64)
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    if p_all.ndim != 2 or p_all.shape[1] != V or p_all.shape[0] != tokens.shape[0]:
+        raise ValueError(f"p_all must be [N, V] with N = len(tokens): {p_all.shape}")
+    if p_all.size and (p_all.min() < 0 or p_all.max() > 1 << 30):
+        raise ValueError("p values must be in [0, 2^30]")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+        raise ValueError("token id out of range")
+    return p_all, tokens
+
+
+def mix_cost_bits(p_all, tokens, params: MixerParams) -> np.ndarray:
+    """Ideal bits of each token under the mixer (float64[N]); sum ~= 8 * len(mix_encode(...))."""
+    V = int(np.shape(p_all)[1])
+    p_all, tokens = _check_inputs(p_all, tokens, V)
+    head, body, hist = _new_state(params, V, len(tokens))
+    out = np.zeros(len(tokens), np.float64)
+    _cost_block(head, body, hist, p_all, tokens, out)
+    return out
+
+
+class MixEncoder:
+    """Teacher-forced encoder of one chunk; feed blocks of (LM vectors, tokens), then finish()."""
+
+    def __init__(self, params: MixerParams, V: int, max_tokens: int):
+        self.V = V
+        self.head, self.body, self.hist = _new_state(params, V, max_tokens)
+        self.cst = enc_new()
+        self.parts = []
+
+    def feed(self, p_block, tokens) -> None:
+        p_block, tokens = _check_inputs(p_block, tokens, self.V)
+        if self.head[H_N] + len(tokens) > self.head[H_MAXTOK]:
+            raise ValueError("more tokens than max_tokens")
+        out = np.zeros(2 * int(self.head[H_B]) * len(tokens) + 16, np.uint8)
+        pos = _encode_block(self.head, self.body, self.hist, p_block, tokens, self.cst, out)
+        self.parts.append(out[:pos].tobytes())
+
+    def finish(self) -> bytes:
+        out = np.zeros(16, np.uint8)
+        pos = enc_finish(self.cst, out, 0)
+        return b"".join(self.parts) + out[:pos].tobytes()
+
+
+class MixDecoder:
+    """Decoder of one chunk, one token at a time: next(p) with the LM vector for that position."""
+
+    def __init__(self, payload: bytes, params: MixerParams, V: int, max_tokens: int):
+        self.V = V
+        self.head, self.body, self.hist = _new_state(params, V, max_tokens)
+        self.data = np.frombuffer(bytes(payload), np.uint8)
+        self.cst = dec_new(self.data)
+
+    @property
+    def arrays(self):
+        """(head, body, hist, cst, data): the arguments of mix_decode_token before p."""
+        return self.head, self.body, self.hist, self.cst, self.data
+
+    def next(self, p) -> int:
+        if self.head[H_N] >= self.head[H_MAXTOK]:
+            raise ValueError("more tokens than max_tokens")
+        p = np.ascontiguousarray(p, dtype=np.int64)
+        if p.shape != (self.V,):
+            raise ValueError(f"p must have shape ({self.V},)")
+        return int(mix_decode_token(*self.arrays, p))
+
+    def overrun(self) -> int:
+        """Bytes read past the payload: nonzero after the last token means corrupt input."""
+        return int(dec_overrun(self.cst))
+
+
+def mix_encode(p_all, tokens, params: MixerParams) -> bytes:
+    """One chunk's payload: tokens coded with LM vectors p_all[i] (int64[N, V], Q30)."""
+    n, V = np.shape(p_all)
+    enc = MixEncoder(params, int(V), int(n))
+    enc.feed(p_all, tokens)
+    return enc.finish()
+
+
+def mix_decode(payload: bytes, p_all, params: MixerParams) -> np.ndarray:
+    """Decode len(p_all) tokens (tests and tools; the real decoder gets p one position at a time)."""
+    n, V = np.shape(p_all)
+    dec = MixDecoder(payload, params, int(V), int(n))
+    return np.array([dec.next(p_all[i]) for i in range(n)], np.int32)
