@@ -1,0 +1,277 @@
+"""The exact integer engine: next-token frequency tables that every machine computes identically.
+
+Two paths share every operation: `forward` (teacher-forced: whole windows, batched) and `step`
+(incremental: one token per stream with a KV cache, batched over streams). Every operation is
+row-local integer arithmetic, or an exact integer reduction (matmuls, attention sums), so the
+results cannot depend on batch shape, thread count, summation order or device. The normative
+definition is format_spec/numerics.md; section names are cited in the comments.
+
+Value formats (Qn = integer standing for v / 2^n): residual x Q12 (|x| < 2^25), q/k Q12, v Q10,
+attention probabilities Q16, logits Q16, per-row activation scales Q24, weight scales Q24.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmzip.container import ModelFile
+from lmzip.errors import FormatError, VersionError
+from lmzip.kernels import MatMul
+from lmzip.model import ModelConfig
+from lmzip.numerics import (
+    NUMERICS_VERSION,
+    ATT_EXP_SIZE,
+    att_exp_table,
+    div_round,
+    isqrt,
+    isqrt_int,
+    rshift_round,
+    softcap_q16,
+)
+
+RES_MAX = (1 << 25) - 1  # residual clamp, Q12 (|x| < 8192)
+QK_MAX = (1 << 24) - 1  # q, k clamp before QK-norm, Q12
+V_MAX = (1 << 22) - 1  # v clamp, Q10
+LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
+SCALE_MAX = 1 << 20  # weight scales must be <= 2^-4 (Q24), keeps every product < 2^63
+
+
+def _q24(values: np.ndarray, what: str, limit: int) -> torch.Tensor:
+    """float16 values -> exact Q24 integers (every float16 is a multiple of 2^-24)."""
+    v = np.asarray(values, dtype=np.float16).astype(np.float64) * (1 << 24)
+    if not np.all(np.isfinite(v)) or np.any(np.abs(v) > limit):
+        raise FormatError(f"model tensor {what} has values out of the engine's range")
+    return torch.from_numpy(v.astype(np.int64))
+
+
+class _Linear:
+    """int8 weights [out, in] with Q24 per-row scales; y = (a @ W^T) * A * WS."""
+
+    def __init__(self, mf: ModelFile, name: str, device, prefer: str):
+        qt = mf.tensors[name]
+        qmax = {"q6": 31, "q8": 127}.get(qt.kind)
+        vals = np.asarray(qt.values)
+        if qmax is None or vals.ndim != 2 or np.abs(vals.astype(np.int16)).max(initial=0) > qmax:
+            raise FormatError(f"model tensor {name} is not a valid q6/q8 matrix")
+        self.shape = vals.shape
+        self.ws = _q24(qt.scales, name, SCALE_MAX).to(device)
+        if self.ws.min() < 0:
+            raise FormatError(f"model tensor {name} has negative scales")
+        self.mm = MatMul(torch.from_numpy(vals.astype(np.int8)).t().to(device), qmax, prefer)
+        self.rows = torch.from_numpy(vals.astype(np.int8)).to(device)  # for embedding lookups
+
+    def __call__(self, a: torch.Tensor, a_scale: torch.Tensor, frac: int) -> torch.Tensor:
+        """a int8 [N, K], a_scale Q24 [N] -> [N, out] in Q(frac). (numerics.md "Linear")"""
+        acc = self.mm(a)
+        t = rshift_round(acc * a_scale[:, None], 16)  # Q8 of acc * A
+        return rshift_round(t * self.ws[None, :], 32 - frac)
+
+
+@dataclass
+class DecodeState:
+    """KV caches of B streams: k int8 [B, K, W, E] and v Q10 int32 [B, K, W, E] per layer."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+
+class Engine:
+    def __init__(self, mf: ModelFile, device: str = "cpu", matmul: str = "auto"):
+        if mf.numerics_version != NUMERICS_VERSION:
+            raise VersionError(
+                f"model uses numerics version {mf.numerics_version}; this lmzip supports "
+                f"version {NUMERICS_VERSION}"
+            )
+        try:
+            self.cfg = cfg = ModelConfig.from_dict(mf.config)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"model config is invalid: {e}") from None
+        self.device = torch.device(device)
+        dev = self.device
+        need = ["tok_emb", "skip_weights", "rope"] + [
+            f"blocks.{i}.{n}"
+            for i in range(cfg.n_layer)
+            for n in ("attn.q", "attn.k", "attn.v", "attn.o", "attn.gain", "mlp.up", "mlp.down")
+        ]
+        missing = [n for n in need if n not in mf.tensors]
+        if missing:
+            raise FormatError(f"model is missing tensor {missing[0]}")
+        self.d, self.h, self.kv, self.e = cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.vocab_size, self.window = cfg.vocab_size, cfg.seq_len
+        self.sqd = isqrt_int(cfg.d_model << 32)  # sqrt(D) in Q16
+        self.sqe = isqrt_int(cfg.head_dim << 32)  # sqrt(E) in Q16
+        self.emb = _Linear(mf, "tok_emb", dev, matmul)
+        if self.emb.shape != (cfg.vocab_size, cfg.d_model):
+            raise FormatError("model tensor tok_emb has the wrong shape")
+        self.layers = []
+        for i in range(cfg.n_layer):
+            p = f"blocks.{i}."
+            lay = {
+                n: _Linear(mf, p + n, dev, matmul)
+                for n in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")
+            }
+            shapes = {
+                "attn.q": (self.h * self.e, self.d),
+                "attn.k": (self.kv * self.e, self.d),
+                "attn.v": (self.kv * self.e, self.d),
+                "attn.o": (self.d, self.h * self.e),
+                "mlp.up": (cfg.mlp_hidden, self.d),
+                "mlp.down": (self.d, cfg.mlp_hidden),
+            }
+            for n, shp in shapes.items():
+                if lay[n].shape != shp:
+                    raise FormatError(f"model tensor {p + n} has the wrong shape")
+            gain = _q24(np.asarray(mf.tensors[p + "attn.gain"].values).reshape(-1), p, 1 << 30)
+            if gain.numel() != self.h:
+                raise FormatError(f"model tensor {p}attn.gain has the wrong shape")
+            # G = gain / sqrt(E) in Q24 (numerics.md "Attention scores")
+            lay["gain"] = div_round(gain << 16, torch.tensor(self.sqe)).to(dev)
+            self.layers.append(lay)
+        skip = np.asarray(mf.tensors["skip_weights"].values).reshape(-1)
+        if skip.size != cfg.n_skip * cfg.d_model:
+            raise FormatError("model tensor skip_weights has the wrong shape")
+        self.skip = _q24(skip, "skip_weights", 1 << 30).view(cfg.n_skip, cfg.d_model).to(dev)
+        self.cos, self.sin = self._rope_tables(np.asarray(mf.tensors["rope"].values))
+        self.att_exp = att_exp_table(dev)
+
+    # -- tables (numerics.md "RoPE") ------------------------------------------------------------
+    def _rope_tables(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        nb = max(1, (self.window - 1).bit_length())
+        if base.shape != (nb, self.e // 2, 2) or np.abs(base.astype(np.int64)).max() > 1 << 30:
+            raise FormatError("model tensor rope has the wrong shape or range")
+        base = torch.from_numpy(base.astype(np.int64))
+        pos = torch.arange(self.window)
+        c = torch.full((self.window, self.e // 2), 1 << 30, dtype=torch.int64)
+        s = torch.zeros_like(c)
+        for b in range(nb):  # multiply in the rotation by theta*2^b where bit b of pos is set
+            on = ((pos >> b) & 1).bool()[:, None]
+            cb, sb = base[b, :, 0][None, :], base[b, :, 1][None, :]
+            c2 = rshift_round(c * cb - s * sb, 30)
+            s2 = rshift_round(s * cb + c * sb, 30)
+            c, s = torch.where(on, c2, c), torch.where(on, s2, s)
+        return c.to(self.device), s.to(self.device)
+
+    # -- row-local operations ---------------------------------------------------------------------
+    def _normquant(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm + int8 quantization of rows x [N, D] Q12 -> (int8 [N, D], scale Q24 [N])."""
+        amax = x.abs().amax(dim=-1)
+        r = isqrt((x * x).sum(dim=-1))
+        a = div_round(127 * x, amax[:, None]).to(torch.int8)
+        scale = div_round(amax * (self.sqd << 8), 127 * r)
+        return a, scale
+
+    @staticmethod
+    def _absquant(y: torch.Tensor, frac: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 quantization of rows y [N, n] in Q(frac) -> (int8, scale Q24), no norm."""
+        amax = y.abs().amax(dim=-1)
+        a = div_round(127 * y, amax[:, None]).to(torch.int8)
+        return a, div_round(amax << (24 - frac), torch.full_like(amax, 127))
+
+    def _qk(self, y: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """[N, n*E] Q12 at positions pos [N] -> QK-normed, rotated int8 [N, n, E] (scale 1/16)."""
+        y = y.clamp(-QK_MAX, QK_MAX).view(y.size(0), -1, self.e)
+        r = isqrt((y * y).sum(dim=-1, keepdim=True))
+        yn = div_round(y * self.sqe, 16 * r)  # Q12, rms 1 per head
+        half = self.e // 2
+        y1, y2 = yn[..., :half], yn[..., half:]
+        c, s = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        r1 = rshift_round(y1 * c + y2 * s, 30)
+        r2 = rshift_round(y2 * c - y1 * s, 30)
+        return rshift_round(torch.cat([r1, r2], dim=-1), 8).clamp(-127, 127).to(torch.int8)
+
+    def _attend(self, q, k, v, allowed, gain) -> torch.Tensor:
+        """q int8 [B, H, Tq, E], k int8 [B, K, Tk, E], v Q10 [B, K, Tk, E], allowed bool
+        broadcastable to [B, H, Tq, Tk] -> y Q10 [B, Tq, H*E]. (numerics.md "Attention")"""
+        b, h, tq, e = q.shape
+        g = h // self.kv
+        qg = q.reshape(b, self.kv, g * tq, e).float()
+        dot = (qg @ k.float().transpose(-1, -2)).long().view(b, h, tq, -1)  # exact: < 2^24
+        logit = rshift_round(dot * gain[None, :, None, None], 16)  # Q16
+        logit = torch.where(allowed, logit, torch.full_like(logit, -(1 << 62)))
+        delta = logit.amax(dim=-1, keepdim=True) - logit
+        idx = torch.clamp(delta >> 8, max=ATT_EXP_SIZE)
+        w = self.att_exp[idx]
+        p = torch.div(w << 16, w.sum(dim=-1, keepdim=True), rounding_mode="floor")  # Q16
+        pg = p.view(b, self.kv, g * tq, -1).double()
+        o = (pg @ v.double()).long().view(b, h, tq, e)  # exact: every sum < 2^53
+        return rshift_round(o, 16).transpose(1, 2).reshape(b, tq, h * e)
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return rshift_round(self.emb.rows[tokens].long() * self.emb.ws[tokens][:, None], 12)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        a, s = self._normquant(x)
+        logits = self.emb(a, s, 16).clamp(-LOGIT_MAX, LOGIT_MAX)
+        return softcap_q16(logits, self.cfg.logit_softcap)
+
+    def _layers(self, x, pos, attn_fn) -> torch.Tensor:
+        n_enc = self.cfg.n_layer // 2
+        skips = []
+        for i, lay in enumerate(self.layers):
+            if i >= n_enc and skips:
+                x = x + rshift_round(skips.pop() * self.skip[i - n_enc][None, :], 24)
+            a, s = self._normquant(x)
+            q = self._qk(lay["attn.q"](a, s, 12), pos)
+            k = self._qk(lay["attn.k"](a, s, 12), pos)
+            v = lay["attn.v"](a, s, 10).clamp(-V_MAX, V_MAX).view(-1, self.kv, self.e)
+            y = attn_fn(i, q, k, v, lay["gain"])
+            a, s = self._absquant(y, 10)
+            x = (x + lay["attn.o"](a, s, 12)).clamp(-RES_MAX, RES_MAX)
+            a, s = self._normquant(x)
+            hid = lay["mlp.up"](a, s, 12).clamp(-QK_MAX, QK_MAX).clamp(min=0)
+            a, s = self._absquant(hid * hid, 24)
+            x = (x + lay["mlp.down"](a, s, 12)).clamp(-RES_MAX, RES_MAX)
+            if i < n_enc:
+                skips.append(x)
+        return x
+
+    # -- the two paths --------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced: windows [N, T] token ids (T <= window) -> capped logits Q16 [N, T, V];
+        row t predicts the token at t + 1."""
+        n, t = windows.shape
+        if t > self.window:
+            raise ValueError(f"window of {t} tokens exceeds the model's {self.window}")
+        windows = windows.to(self.device)
+        pos = torch.arange(t, device=self.device).repeat(n)
+        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()[None, None]
+
+        def attn(i, q, k, v, gain):
+            q = q.view(n, t, self.h, self.e).transpose(1, 2)
+            k = k.view(n, t, self.kv, self.e).transpose(1, 2)
+            v = v.view(n, t, self.kv, self.e).transpose(1, 2)
+            return self._attend(q, k, v, causal, gain).reshape(n * t, -1)
+
+        x = self._layers(self._embed(windows.reshape(-1)), pos, attn)
+        return self._logits(x).view(n, t, -1)
+
+    def new_state(self, batch: int) -> DecodeState:
+        shp = (batch, self.kv, self.window, self.e)
+        dev = self.device
+        return DecodeState(
+            k=[torch.zeros(shp, dtype=torch.int8, device=dev) for _ in self.layers],
+            v=[torch.zeros(shp, dtype=torch.int32, device=dev) for _ in self.layers],
+        )
+
+    @torch.no_grad()
+    def step(self, state: DecodeState, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Incremental: stream b reads tokens[b] at position pos[b] (its KV cache holds positions
+        < pos[b] of its current window) -> capped logits Q16 [B, V] for the next token."""
+        b = tokens.size(0)
+        tokens, pos = tokens.to(self.device), pos.to(self.device)
+        rows = torch.arange(b, device=self.device)
+        tk = int(pos.max()) + 1
+        allowed = (torch.arange(tk, device=self.device)[None, :] <= pos[:, None])[:, None, None]
+
+        def attn(i, q, k, v, gain):
+            state.k[i][rows, :, pos] = k
+            state.v[i][rows, :, pos] = v.int()
+            kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk].long()
+            return self._attend(q[:, :, None], kc, vc, allowed, gain).reshape(b, -1)
+
+        x = self._layers(self._embed(tokens), pos, attn)
+        return self._logits(x)
