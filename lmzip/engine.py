@@ -22,8 +22,8 @@ from lmzip.errors import FormatError, VersionError
 from lmzip.kernels import MatMul
 from lmzip.model import ModelConfig
 from lmzip.numerics import (
-    NUMERICS_VERSION,
     ATT_EXP_SIZE,
+    NUMERICS_VERSION,
     att_exp_table,
     div_round,
     isqrt,

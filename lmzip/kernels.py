@@ -66,7 +66,7 @@ def _adversarial_cases(k: int, n: int, wmax: int, device) -> list[tuple[torch.Te
     return [(a.to(device), w.to(device)) for a, w in cases]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_ok(name: str, k: int, n: int, wmax: int, device: str) -> bool:
     """Does kernel `name` give exact products for shape K x N and weights in [-wmax, wmax]?"""
     try:

@@ -63,7 +63,7 @@ def isqrt_int(n: int) -> int:
     return math.isqrt(n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exp_tables_cpu() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TN[n] ~ 2^30 e^-n (n < 24), TA[a] ~ 2^30 e^-(a/256), TB[b] ~ 2^30 e^-(b/65536)."""
 
