@@ -52,7 +52,7 @@ NAME_RE = re.compile(rb"[A-Za-z_][A-Za-z0-9_.]*\Z")
 
 
 def canonical_json(obj: dict) -> bytes:
-    """The one byte form of a JSON object that model_id hashes (container.md section 3.2)."""
+    """The one byte form of a JSON object that model_id hashes (container.md section 3.1)."""
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")

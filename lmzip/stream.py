@@ -40,7 +40,10 @@ MAX_ORIGINAL_SIZE = 1 << 48
 
 
 def max_payload(raw_size: int) -> int:
-    """Coded payloads: P <= 24 bits per token and <= 2 tokens per byte is 6 raw*bytes."""
+    """The coder emits <= ceil(P/8) <= 3 bytes per token (+6), at most 2 tokens per byte: 6x.
+
+    8x + 1 KiB leaves room for mixer side data; stream.md section 5.
+    """
     return 8 * raw_size + 1024
 
 
@@ -51,7 +54,7 @@ def max_tokens(raw_size: int) -> int:
 
 @dataclass(frozen=True)
 class StreamParams:
-    """Every setting that changes the coded bytes (stream.md section 3)."""
+    """Every setting that changes the coded bytes (stream.md section 2)."""
 
     model_id: bytes
     numerics_version: int

@@ -1,0 +1,546 @@
+"""The library API: the only module that wires the pipeline stages together."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmzip import coder, container, stream
+from lmzip.engine import Engine
+from lmzip.errors import FormatError, LmzipError, VersionError
+from lmzip.mixer import MixDecoder, MixEncoder, MixerParams
+from lmzip.numerics import freq_table, lm_probs
+from lmzip.tokenizer import Tokenizer
+
+
+def info(path: str | None) -> dict:
+    """Every header field of a model container or compressed file, keyed by spec field name.
+
+    path=None describes the default model shipped in the package. Compressed files are read to
+    the end (every record and payload checksum is verified) to summarise the chunks; the
+    decoded content is not checked, which needs the model.
+    """
+    if path is None:
+        default = container.default_model_path()
+        if not default.is_file():
+            raise LmzipError(f"no default model at {default} in this build; pass a FILE")
+        path = str(default)
+    with open(path, "rb") as f:
+        magic = f.read(8)
+        size = os.fstat(f.fileno()).st_size
+        if magic == container.MAGIC:
+            out = {"kind": "model", "size_bytes": size}
+            out.update(container.read_model_header(path))
+            out["tensor_codec"] = {0: "none", 1: "zstd"}[out["tensor_codec"]]
+            out["model_id"] = out.pop("model_id")  # keep the id next to the sizes when printed
+            tensors = out["tensors"]
+            out["n_params"] = sum(math.prod(t["shape"]) for t in tensors)
+            out["tensor_kinds"] = dict(Counter(t["kind"] for t in tensors))
+            return out
+        if magic != stream.MAGIC:
+            raise FormatError(f"{path}: not an lmzip model or compressed file (unknown magic)")
+        f.seek(0)
+        try:
+            reader = stream.StreamReader(f)
+            methods = dict.fromkeys(stream.METHODS.values(), 0)
+            tokens = payload = 0
+            for record, data in reader:
+                methods[stream.METHODS[record.method]] += 1
+                tokens += record.n_tokens
+                payload += record.payload_size
+        except FormatError as e:
+            raise type(e)(f"{path}: {e}") from None
+    h = reader.header
+    out = {"kind": "compressed", "size_bytes": size, **h.to_dict()}
+    out["chunks"] = methods
+    out["n_tokens"] = tokens
+    out["payload_bytes"] = payload
+    out["ratio"] = round(h.original_size / size, 4)
+    out["bits_per_byte"] = round(8 * size / h.original_size, 4) if h.original_size else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Compression pipeline: bytes -> tokenizer -> engine tables -> (mixer | coder) -> stream records.
+# A chunk (chunk_size input bytes) is coded independently; its tokens are split into LM segments
+# of window-1 tokens, each read by the model after a BOS at position 0 (numerics.md "Windows").
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_CHUNK_SIZE = 1 << 16
+DEFAULT_PRECISION = 24
+DEFAULT_BATCH = 16
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    mf: container.ModelFile
+    engine: Engine
+    tokenizer: Tokenizer
+
+    @property
+    def model_id(self) -> bytes:
+        return bytes.fromhex(self.mf.model_id)
+
+
+def resolve_model_path(path: str | None) -> str:
+    if path is None:
+        default = container.default_model_path()
+        if not default.is_file():
+            raise LmzipError(f"no default model at {default} in this build; pass -m MODEL")
+        return str(default)
+    if not os.path.exists(path):
+        raise LmzipError(f"{path}: model file not found")
+    return path
+
+
+def load_model(path: str | None = None, device: str = "cpu", matmul: str = "auto") -> LoadedModel:
+    path = resolve_model_path(path)
+    mf = container.load_model(path)
+    try:
+        tok = Tokenizer.from_bytes(mf.tokenizer)
+    except LmzipError as e:
+        raise FormatError(f"{path}: model's tokenizer is unusable: {e}") from None
+    except (RuntimeError, ValueError, OSError) as e:  # sentencepiece: corrupt proto
+        raise FormatError(f"{path}: model's tokenizer is corrupt ({type(e).__name__})") from None
+    return LoadedModel(path, mf, Engine(mf, device=device, matmul=matmul), tok)
+
+
+def _segments(n: int, seg: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + seg)) for s in range(0, n, seg)]
+
+
+def _window_inputs(model: LoadedModel, segs: list[np.ndarray]) -> torch.Tensor:
+    """[BOS, t_0 .. t_{n-2}] per segment, right-padded (causality makes padding inert)."""
+    width = max(len(s) for s in segs)
+    inp = torch.zeros(len(segs), width, dtype=torch.int64)
+    inp[:, 0] = model.tokenizer.bos_id
+    for j, s in enumerate(segs):
+        inp[j, 1 : len(s)] = torch.from_numpy(s[:-1].astype(np.int64))
+    return inp
+
+
+def lm_probabilities(model: LoadedModel, tokens: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    """Yield the engine's Q30 probability rows [n, V] of `tokens`, segment after segment."""
+    segs = [tokens[a:b] for a, b in _segments(len(tokens), model.engine.window - 1)]
+    for i in range(0, len(segs), batch):
+        group = segs[i : i + batch]
+        p = lm_probs(model.engine.forward(_window_inputs(model, group)))
+        for j, s in enumerate(group):
+            yield p[j, : len(s)]
+
+
+def _lm_symbols(p: torch.Tensor, targets: np.ndarray, precision: int):
+    f = freq_table(p, precision)
+    cum = f.cumsum(dim=-1) - f
+    t = torch.from_numpy(targets.astype(np.int64))[:, None]
+    return cum.gather(1, t)[:, 0].numpy(), f.gather(1, t)[:, 0].numpy()
+
+
+@dataclass
+class ChunkCoding:
+    """Everything one chunk's encoder learned: both payloads and their ideal costs in bits."""
+
+    raw: bytes
+    tokens: np.ndarray
+    lm_payload: bytes
+    lm_bits: float
+    mix_payload: bytes | None
+    mix_bits: float | None
+
+    def best(self) -> tuple[int, bytes]:
+        options = [(len(self.raw), stream.METHOD_STORED, self.raw)]
+        options.append((len(self.lm_payload), stream.METHOD_LM, self.lm_payload))
+        if self.mix_payload is not None:
+            options.append((len(self.mix_payload), stream.METHOD_MIXED, self.mix_payload))
+        _, method, payload = min(options, key=lambda o: (o[0], o[1]))
+        return method, payload
+
+
+def encode_chunk(
+    model: LoadedModel, raw: bytes, precision: int, mixer: MixerParams | None, batch: int
+) -> ChunkCoding:
+    tokens = model.tokenizer.encode(raw)
+    v = model.engine.vocab_size
+    cums, freqs = [], []
+    menc = MixEncoder(mixer, v, len(tokens)) if mixer is not None and len(tokens) else None
+    mix_bits = 0.0
+    pos = 0
+    for p in lm_probabilities(model, tokens, batch):
+        seg = tokens[pos : pos + len(p)]
+        c, f = _lm_symbols(p, seg, precision)
+        cums.append(c)
+        freqs.append(f)
+        if menc is not None:
+            menc.feed(p.numpy(), seg)
+        pos += len(p)
+    cum = np.concatenate(cums) if cums else np.zeros(0, np.int64)
+    freq = np.concatenate(freqs) if freqs else np.ones(0, np.int64)
+    lm_payload = bytes(coder.encode_symbols(cum.astype(np.uint64), freq.astype(np.uint64),
+                                            np.uint64(precision)))  # fmt: skip
+    lm_bits = float(coder.ideal_bits(freq.astype(np.uint64), np.uint64(precision)))
+    mix_payload = None
+    if mixer is not None:
+        mix_payload = menc.finish() if menc is not None else b""
+        mix_bits = 8.0 * len(mix_payload)
+    return ChunkCoding(raw, tokens, lm_payload, lm_bits, mix_payload,
+                       mix_bits if mixer is not None else None)  # fmt: skip
+
+
+class _Stream:
+    """Decoding state of one coded chunk inside a batch of streams."""
+
+    def __init__(self, record: stream.ChunkRecord, payload: bytes, mixer, vocab: int):
+        self.record, self.n = record, record.n_tokens
+        self.tokens = np.zeros(self.n, np.int32)
+        self.done = 0
+        if record.method == stream.METHOD_MIXED:
+            if mixer is None:
+                raise FormatError("a mixed chunk in a file whose header has no mixer parameters")
+            self.mix = MixDecoder(payload, mixer, vocab, self.n)
+        else:
+            self.mix = None
+            self.data = np.frombuffer(payload, np.uint8)
+            self.st = coder.dec_new(self.data)
+
+
+def decode_chunks(
+    model: LoadedModel, items: list, precision: int, mixer: MixerParams | None
+) -> list[bytes]:
+    """Decode the coded chunks `items` [(record, payload)] as one batch of streams."""
+    eng, bos = model.engine, model.tokenizer.bos_id
+    streams = [_Stream(r, p, mixer, eng.vocab_size) for r, p in items]
+    b, seg = len(streams), eng.window - 1
+    state = eng.new_state(b)
+    inp = torch.full((b,), bos, dtype=torch.int64)
+    pos = torch.zeros(b, dtype=torch.int64)
+    while any(s.done < s.n for s in streams):
+        p = lm_probs(eng.step(state, inp, pos))
+        lm_rows = [i for i, s in enumerate(streams) if s.mix is None and s.done < s.n]
+        if lm_rows:
+            f = freq_table(p[lm_rows], precision)
+            cumt = torch.cat([torch.zeros(len(lm_rows), 1, dtype=torch.int64),
+                              f.cumsum(dim=-1)], dim=1).numpy().astype(np.uint64)  # fmt: skip
+        pn = p.numpy()
+        for i, s in enumerate(streams):
+            if s.done >= s.n:
+                continue
+            if s.mix is None:
+                tok = int(coder.dec_symbol(s.st, s.data, cumt[lm_rows.index(i)],
+                                           np.uint64(precision)))  # fmt: skip
+            else:
+                tok = s.mix.next(pn[i])
+            s.tokens[s.done] = tok
+            s.done += 1
+            if s.done % seg == 0:
+                inp[i], pos[i] = bos, 0
+            else:
+                inp[i], pos[i] = tok, s.done % seg
+    return [model.tokenizer.decode(s.tokens) for s in streams]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: chunking, worker processes, atomic output.
+# ---------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _worker_init(model_path: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["model"] = load_model(model_path)
+
+
+def _worker_encode(args):
+    raws, precision, mixer_bytes, batch = args
+    mixer = MixerParams.from_bytes(mixer_bytes) if mixer_bytes else None
+    out = []
+    for raw in raws:
+        coding = encode_chunk(_WORKER["model"], raw, precision, mixer, batch)
+        method, payload = coding.best()
+        out.append((method, payload, 0 if method == stream.METHOD_STORED else len(coding.tokens)))
+    return out
+
+
+def _worker_decode(args):
+    items, precision, mixer_bytes = args
+    mixer = MixerParams.from_bytes(mixer_bytes) if mixer_bytes else None
+    return decode_chunks(_WORKER["model"], items, precision, mixer)
+
+
+def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: int):
+    """Map fn over jobs in order, in this process or in `workers` processes, with a bounded
+    number of jobs in flight (memory stays bounded by chunk and batch sizes)."""
+    if workers <= 1:
+        _WORKER["model"] = model
+        torch.set_num_threads(max(1, threads))
+        for job in jobs:
+            yield fn(job)
+        return
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, ctx, _worker_init, (model.path, 1)) as pool:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.submit(fn, job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+@dataclass
+class CodingOptions:
+    threads: int = 0  # worker processes; 0 = one per CPU core
+    batch_size: int = DEFAULT_BATCH  # streams (chunks) coded together, LM windows per pass
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    precision: int = DEFAULT_PRECISION
+    lm_only: bool = False
+
+    def workers(self, n_jobs_hint: int) -> int:
+        n = self.threads or (os.cpu_count() or 1)
+        return max(1, min(n, n_jobs_hint))
+
+
+def _read_chunks(f, size: int) -> Iterator[bytes]:
+    while True:
+        b = f.read(size)
+        if not b:
+            return
+        while len(b) < size:  # pipes return short reads
+            more = f.read(size - len(b))
+            if not more:
+                break
+            b += more
+        yield b
+
+
+def _groups(it: Iterator, n: int) -> Iterator[list]:
+    group = []
+    for x in it:
+        group.append(x)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=None) -> dict:
+    """Compress readable binary `src` into seekable writable `dst`; returns a summary."""
+    mixer = None if opts.lm_only else MixerParams()
+    params = stream.StreamParams(
+        model_id=model.model_id,
+        numerics_version=model.mf.numerics_version,
+        precision=opts.precision,
+        chunk_size=opts.chunk_size,
+        window=model.engine.window,
+        mixer=mixer.to_bytes() if mixer else b"",
+    )
+    writer = stream.StreamWriter(dst, params)
+    hasher, total = stream.ContentHasher(), 0
+    groups = _groups(_read_chunks(src, opts.chunk_size), opts.batch_size)
+    first = list(itertools.islice(groups, 2))
+    workers = opts.workers(len(first))
+    raws_by_job: deque = deque()
+
+    def jobs():
+        for g in itertools.chain(first, groups):
+            raws_by_job.append(g)
+            yield (g, opts.precision, params.mixer, opts.batch_size)
+
+    methods = dict.fromkeys(stream.METHODS.values(), 0)
+    for coded in _run_ordered(_worker_encode, jobs(), workers, model, opts.threads or 2):
+        for raw, (method, payload, n_tok) in zip(raws_by_job.popleft(), coded):
+            rec = stream.ChunkRecord(method, len(raw), n_tok, len(payload),
+                                     stream.chunk_checksum(raw))  # fmt: skip
+            writer.add_chunk(rec, payload)
+            methods[stream.METHODS[method]] += 1
+            hasher.update(raw)
+            total += len(raw)
+            if progress:
+                progress(len(raw))
+    size = writer.finish(total, hasher.digest())
+    return {"original_size": total, "compressed_size": size, "chunks": methods}
+
+
+def _decode_job(args):
+    """Decode a run of consecutive records: stored ones pass through, coded ones as a batch."""
+    items, precision, mixer_bytes = args
+    coded = [(r, p) for r, p in items if r.method != stream.METHOD_STORED]
+    decoded = iter(_worker_decode((coded, precision, mixer_bytes)) if coded else [])
+    return [p if r.method == stream.METHOD_STORED else next(decoded) for r, p in items]
+
+
+def check_compatible(header: stream.StreamHeader, model: LoadedModel) -> None:
+    if header.numerics_version != model.mf.numerics_version:
+        raise VersionError(f"file uses numerics version {header.numerics_version}; the model "
+                           f"and this lmzip use {model.mf.numerics_version}")  # fmt: skip
+    stream.check_model_id(header, model.model_id)
+    if header.window != model.engine.window:
+        raise FormatError(f"file was coded with window {header.window}, model has "
+                          f"{model.engine.window}")  # fmt: skip
+    if (
+        header.precision > coder.PRECISION_MAX
+        or (1 << header.precision) < 2 * model.engine.vocab_size
+    ):
+        raise FormatError(f"file's coding precision {header.precision} is unusable")
+    if header.mixer:
+        MixerParams.from_bytes(header.mixer)
+
+
+def decompress_stream(src, write, model: LoadedModel, opts: CodingOptions, progress=None) -> dict:
+    """Decode the .lmz stream `src`; `write(bytes)` receives verified chunks in order."""
+    reader = stream.StreamReader(src)
+    h = reader.header
+    check_compatible(h, model)
+    mixer_bytes = h.mixer
+    hasher, total = stream.ContentHasher(), 0
+    jobs = ((g, h.precision, mixer_bytes) for g in _groups(iter(reader), opts.batch_size))
+    workers = opts.workers(max(1, h.n_chunks // max(1, opts.batch_size)))
+    for group in _run_ordered(_decode_job, _tee_records(jobs, pending := deque()), workers,
+                              model, opts.threads or 2):  # fmt: skip
+        for (record, _), data in zip(pending.popleft(), group):
+            stream.verify_chunk(record, data)
+            hasher.update(data)
+            write(data)
+            total += len(data)
+            if progress:
+                progress(len(data))
+    stream.check_content(h, hasher.digest())
+    return {"original_size": total, "compressed_size": None, "n_chunks": h.n_chunks}
+
+
+def _tee_records(jobs, pending: deque):
+    for job in jobs:
+        pending.append(job[0])
+        yield job
+
+
+def _open_input(path: str):
+    if path == "-":
+        return sys.stdin.buffer
+    if os.path.isdir(path):
+        raise LmzipError(f"{path}: is a directory")
+    if not os.path.exists(path):
+        raise LmzipError(f"{path}: no such file")
+    return open(path, "rb")
+
+
+class AtomicOutput:
+    """A temp file beside the destination, renamed over it only on success; removed on any
+    failure or interruption, so no partial output is ever left under the final name."""
+
+    def __init__(self, path: str, force: bool):
+        self.path = path
+        if path != "-":
+            d = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(d):
+                raise LmzipError(f"{path}: output directory does not exist")
+            if os.path.exists(path) and not force:
+                raise LmzipError(f"{path}: already exists (use -f to overwrite)")
+            if os.path.isdir(path):
+                raise LmzipError(f"{path}: is a directory")
+        else:
+            d = None
+        fd, self.tmp = tempfile.mkstemp(prefix=".lmzip-", suffix=".tmp", dir=d)
+        self.f = os.fdopen(fd, "w+b")
+
+    def commit(self) -> None:
+        self.f.flush()
+        if self.path == "-":
+            self.f.seek(0)
+            shutil.copyfileobj(self.f, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            self.f.close()
+            os.unlink(self.tmp)
+        else:
+            os.fsync(self.f.fileno())
+            self.f.close()
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+
+
+def _same_file(a: str, b: str) -> bool:
+    return a != "-" and b != "-" and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def _disk_full(e: OSError) -> LmzipError:
+    return LmzipError(f"write failed: {e.strerror or e} (disk full?)")
+
+
+def compress_file(input: str, output: str, model: str | None = None, opts: CodingOptions = None,
+                  force: bool = False, progress=None) -> dict:  # fmt: skip
+    opts = opts or CodingOptions()
+    src = _open_input(input)
+    try:
+        if _same_file(input, output):
+            raise LmzipError(f"{output}: output would overwrite the input")
+        out = AtomicOutput(output, force)
+        try:
+            lm = load_model(model)
+            summary = compress_stream(src, out.f, lm, opts, progress)
+            out.commit()
+        except BaseException as e:
+            out.abort()
+            if isinstance(e, OSError) and e.errno == 28:
+                raise _disk_full(e) from None
+            raise
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    return summary
+
+
+def decompress_file(input: str, output: str | None, model: str | None = None,
+                    opts: CodingOptions = None, force: bool = False, progress=None) -> dict:  # fmt: skip
+    """output=None: decode and verify only (--test)."""
+    opts = opts or CodingOptions()
+    src = _open_input(input)
+    try:
+        if output is None:
+            lm = load_model(model)
+            return decompress_stream(src, lambda b: None, lm, opts, progress)
+        if _same_file(input, output):
+            raise LmzipError(f"{output}: output would overwrite the input")
+        out = AtomicOutput(output, force)
+        try:
+            lm = load_model(model)
+            summary = decompress_stream(src, out.f.write, lm, opts, progress)
+            out.commit()
+        except BaseException as e:
+            out.abort()
+            if isinstance(e, OSError) and e.errno == 28:
+                raise _disk_full(e) from None
+            raise
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    return summary
+
+
+def default_output(input: str, decompress: bool) -> str:
+    if input == "-":
+        return "-"
+    if not decompress:
+        return input + ".lmz"
+    if not input.endswith(".lmz"):
+        raise LmzipError(f"{input}: does not end in .lmz; give the output name with -o")
+    return input[: -len(".lmz")]

@@ -1,0 +1,158 @@
+"""Command line: one click group; each command is a thin wrapper over one `lmzip.api` call.
+
+Errors: an LmzipError (or an OSError on a user's file) prints one line `lmzip: error: ...` on
+stderr and exits 1, without a traceback; usage errors exit 2 (click's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+import lmzip
+from lmzip import api
+from lmzip.errors import LmzipError
+
+
+class LmzipGroup(click.Group):
+    """Turns the errors a user can cause into one line and exit status 1, for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LmzipError as e:
+            _fail(ctx, str(e))
+        except OSError as e:  # unreadable/unwritable user files; strerror is one line
+            _fail(ctx, f"{e.filename}: {e.strerror}" if e.filename else str(e))
+
+
+def _fail(ctx: click.Context, message: str) -> None:
+    click.echo(f"lmzip: error: {message}", err=True)
+    ctx.exit(1)
+
+
+@click.group(cls=LmzipGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(lmzip.__version__, prog_name="lmzip")
+def main() -> None:
+    """lmzip: lossless compression with a small language model.
+
+    \b
+    Example:
+      lmzip info model.lmzm
+    """
+
+
+def _print_text(d: dict, indent: str = "") -> None:
+    for key, value in d.items():
+        if isinstance(value, dict):
+            click.echo(f"{indent}{key}:" + ("" if value else " {}"))
+            _print_text(value, indent + "  ")
+        elif key == "tensors":  # the full list is in --json; a line per tensor would drown it
+            click.echo(f"{indent}{key}: {len(value)}")
+        else:
+            click.echo(f"{indent}{key}: {value}")
+
+
+@main.command(epilog="\b\nExample:\n  lmzip info model.lmzm --json\n  lmzip info notes.txt.lmz")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(file: str | None, as_json: bool) -> None:
+    """Print the header fields of a model (.lmzm) or compressed (.lmz) FILE.
+
+    Without FILE, describe the default model shipped with lmzip.
+    """
+    d = api.info(file)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    else:
+        _print_text(d)
+
+
+class _Progress:
+    """Bytes done and KB/s on stderr, only for a terminal and without -q."""
+
+    def __init__(self, total: int | None, quiet: bool, verb: str):
+        self.on = not quiet and sys.stderr.isatty()
+        self.total, self.done, self.verb, self.t0 = total, 0, verb, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.on:
+            return
+        dt = max(1e-9, time.monotonic() - self.t0)
+        pct = f" {100 * self.done / self.total:5.1f}%" if self.total else ""
+        click.echo(f"\r{self.verb}{pct} {self.done / 1e6:8.2f} MB {self.done / 1e3 / dt:8.1f} KB/s",
+                   err=True, nl=False)  # fmt: skip
+
+    def close(self) -> None:
+        if self.on and self.done:
+            click.echo("", err=True)
+
+
+def _size(path: str) -> int | None:
+    return os.path.getsize(path) if path != "-" and os.path.isfile(path) else None
+
+
+_coding_options = [
+    click.option("-m", "--model", type=click.Path(dir_okay=False),
+                 help="Model container (.lmzm). Default: the model shipped with lmzip."),
+    click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
+                 help="Worker processes (0 = one per core). Changes speed only, never bytes."),
+    click.option("--batch-size", type=click.IntRange(1, 4096), default=api.DEFAULT_BATCH,
+                 show_default=True, help="Chunks coded together as a batch of streams. "
+                 "Changes speed and memory only, never bytes."),
+    click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
+]  # fmt: skip
+
+
+def coding_options(fn):
+    for opt in reversed(_coding_options):
+        fn = opt(fn)
+    return fn
+
+
+@main.command(epilog="\b\nExamples:\n  lmzip compress notes.txt            # writes notes.txt.lmz\n"
+              "  cat notes.txt | lmzip compress - > notes.txt.lmz")  # fmt: skip
+@click.argument("input", type=click.Path(allow_dash=True))
+@click.option("-o", "--output", type=click.Path(allow_dash=True),
+              help="Output file, '-' for stdout. Default: INPUT.lmz.")  # fmt: skip
+@coding_options
+@click.option("--lm-only", is_flag=True,
+              help="Code with the language model alone (no adaptive mixing).")  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=api.DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Input bytes per independently coded chunk.")  # fmt: skip
+def compress(input, output, model, threads, batch_size, force, quiet, lm_only, chunk_size):
+    """Compress INPUT ('-' for stdin) into an .lmz file. The input is kept."""
+    output = output or api.default_output(input, decompress=False)
+    opts = api.CodingOptions(threads, batch_size, chunk_size, lm_only=lm_only)
+    prog = _Progress(_size(input), quiet, "compress")
+    try:
+        api.compress_file(input, output, model, opts, force, prog)
+    finally:
+        prog.close()
+
+
+@main.command(epilog="\b\nExamples:\n  lmzip decompress notes.txt.lmz      # writes notes.txt\n"
+              "  lmzip decompress --test notes.txt.lmz")  # fmt: skip
+@click.argument("input", type=click.Path(allow_dash=True))
+@click.option("-o", "--output", type=click.Path(allow_dash=True),
+              help="Output file, '-' for stdout. Default: INPUT without .lmz.")  # fmt: skip
+@coding_options
+@click.option("-t", "--test", is_flag=True, help="Decode and verify only; write nothing.")
+def decompress(input, output, model, threads, batch_size, force, quiet, test):
+    """Decompress an .lmz file INPUT ('-' for stdin) and verify every checksum."""
+    if not test:
+        output = output or api.default_output(input, decompress=True)
+    opts = api.CodingOptions(threads, batch_size)
+    prog = _Progress(None, quiet, "decompress")
+    try:
+        api.decompress_file(input, None if test else output, model, opts, force, prog)
+    finally:
+        prog.close()
+    if test and not quiet:
+        click.echo(f"{input}: OK", err=True)
