@@ -35,15 +35,14 @@ def _fail(ctx: click.Context, message: str) -> None:
     ctx.exit(1)
 
 
-@click.group(cls=LmzipGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LmzipGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="\b\nExample:\n  lmzip info model.lmzm",
+)
 @click.version_option(lmzip.__version__, prog_name="lmzip")
 def main() -> None:
-    """lmzip: lossless compression with a small language model.
-
-    \b
-    Example:
-      lmzip info model.lmzm
-    """
+    """lmzip: lossless compression with a small language model."""
 
 
 def _print_text(d: dict, indent: str = "") -> None:
