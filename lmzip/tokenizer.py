@@ -90,8 +90,10 @@ class Tokenizer:
                 b = int(m.group(1), 16)
                 byte_ids[b] = i
                 token_bytes.append(bytes([b]))
-            else:
+            elif piece:
                 token_bytes.append(piece.replace(SPACE_SYMBOL, " ").encode("utf-8"))
+            else:  # stream limits assume every non-control token covers >= 1 byte
+                raise TokenizerError(f"sentencepiece piece {i} is empty")
         if (byte_ids < 0).any():
             missing = int(np.argmax(byte_ids < 0))
             raise TokenizerError(
