@@ -50,6 +50,10 @@ _SPLITS = (
 # its BPE runs ~1.5x faster on 8 K strings than on 1 MB ones (and the python-int lists it returns
 # stay small). The cut rule is deterministic; a cut only stops merges across it.
 _CHUNK = 8192
+# Sentencepiece is called on at most this many characters at a time, and decode works on this many
+# tokens at a time: both bound the temporaries (python int lists, int64 indices) for huge inputs.
+_ENCODE_BATCH = 1 << 20
+_DECODE_BLOCK = 1 << 20
 
 
 class Tokenizer:
@@ -73,11 +77,15 @@ class Tokenizer:
 
         n = self.vocab_size
         self.pieces = [sp.id_to_piece(i) for i in range(n)]
+
         # special: control or unknown (decode to nothing, never emitted); unused pieces keep their
         # text for decoding but count as boundaries in the golf byte rule, like control tokens.
-        self.is_special = np.array([sp.is_control(i) or sp.is_unknown(i) for i in range(n)])
-        self.is_unused = np.array([bool(sp.is_unused(i)) for i in range(n)])
-        self.is_byte = np.array([bool(sp.is_byte(i)) for i in range(n)])
+        def flag(f) -> np.ndarray:
+            return np.array([bool(f(i)) for i in range(n)], dtype=np.bool_)
+
+        self.is_special = flag(sp.is_control) | flag(sp.is_unknown)
+        self.is_unused = flag(sp.is_unused)
+        self.is_byte = flag(sp.is_byte)
         byte_ids = np.full(256, -1, dtype=np.int32)
         token_bytes: list[bytes] = []
         for i, piece in enumerate(self.pieces):
@@ -110,7 +118,7 @@ class Tokenizer:
         self.byte_ids = byte_ids
         self._enc = enc
         # Flat decode table: bytes of id i are _flat[_off[i] : _off[i] + _len[i]].
-        self._len = np.array([len(b) for b in token_bytes], dtype=np.int64)
+        self._len = np.array([len(b) for b in token_bytes], dtype=np.int32)
         self._off = np.concatenate([[0], np.cumsum(self._len)[:-1]]).astype(np.int64)
         self._flat = np.frombuffer(b"".join(token_bytes), dtype=np.uint8)
         nl_piece = any(b"\n" in b for b, byte in zip(token_bytes, self.is_byte) if not byte)
@@ -138,15 +146,25 @@ class Tokenizer:
         ids = np.asarray(ids)
         if ids.size == 0:
             return b""
-        ids = ids.reshape(-1).astype(np.int64, copy=False)
+        ids = ids.reshape(-1)
+        if ids.dtype.kind not in "iu":
+            ids = ids.astype(np.int64)
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise FormatError(f"token id out of range 0..{self.vocab_size - 1}")
         lens = self._len[ids]
-        total = int(lens.sum())
-        # Output byte k of token j comes from _flat[_off[id_j] + (k - start_j)]: one gather.
-        starts = np.cumsum(lens) - lens
-        idx = np.arange(total, dtype=np.int64) + np.repeat(self._off[ids] - starts, lens)
-        return self._flat[idx].tobytes()
+        out = np.empty(int(lens.sum(dtype=np.int64)), dtype=np.uint8)
+        pos = 0
+        # Blocks of _DECODE_BLOCK tokens bound the int64 index temporaries (8 bytes per output
+        # byte) whatever the input size.
+        for s in range(0, ids.size, _DECODE_BLOCK):
+            block, blens = ids[s : s + _DECODE_BLOCK], lens[s : s + _DECODE_BLOCK]
+            n = int(blens.sum())
+            # Output byte k of token j comes from _flat[_off[id_j] + (k - start_j)]: one gather.
+            starts = np.cumsum(blens, dtype=np.int64) - blens
+            idx = np.arange(n, dtype=np.int64) + np.repeat(self._off[block] - starts, blens)
+            out[pos : pos + n] = self._flat[idx]
+            pos += n
+        return out.tobytes()
 
     # -- encoding (non-normative: any ids whose decode equals the input are valid) --------------
 
@@ -170,13 +188,13 @@ class Tokenizer:
         raw_ids = self.byte_ids[
             np.frombuffer(raw_joined.encode("utf-8", "surrogateescape"), dtype=np.uint8)
         ]
-        texts = None
+        texts = flat = None
         if self._nl_sep:
             flat, text_lens = self._encode_joined(self._raw.sub("\n", text), len(raws))
-        if not self._nl_sep or flat is None:
+        if flat is None:
             texts = self._raw.split(text)[0::2]
             cuts = [_cut(t) for t in texts]
-            flat, cut_lens = _flatten(self._enc.encode(list(itertools.chain(*cuts)), num_threads=1))
+            flat, cut_lens = self._encode_many(list(itertools.chain(*cuts)))
             first = np.cumsum([0] + [len(c) for c in cuts[:-1]])
             text_lens = np.add.reduceat(cut_lens, first)
         ids = _interleave(flat, text_lens, raw_ids, raw_lens)
@@ -197,12 +215,32 @@ class Tokenizer:
         runs (binary data) would otherwise spend seconds in per-call overhead. Returns (all text
         ids, ids per run) or (None, None) if the separators are not where they must be.
         """
-        flat, _ = _flatten(self._enc.encode(_cut(joined), num_threads=1))
+        flat, _ = self._encode_many(_cut(joined))
         sep = np.flatnonzero(flat == self.byte_ids[10])
         if sep.size != n_raw:
             return None, None
         bounds = np.concatenate([[-1], sep, [flat.size]])
         return flat[flat != self.byte_ids[10]], np.diff(bounds) - 1
+
+    def _encode_many(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(all ids of texts concatenated, ids per text), sentencepiece called in batches."""
+        flats, lens = [], []
+        start = 0
+        while start < len(texts):
+            end, size = start, 0
+            while end < len(texts) and (size < _ENCODE_BATCH or end == start):
+                size += len(texts[end]) + 16  # + per-text overhead, for many tiny texts
+                end += 1
+            # num_threads=1: the caller owns parallelism; the result does not depend on it.
+            f, n = _flatten(self._enc.encode(texts[start:end], num_threads=1))
+            flats.append(f)
+            lens.append(n)
+            start = end
+        if len(flats) == 1:
+            return flats[0], lens[0]
+        if not flats:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(flats), np.concatenate(lens)
 
     def _encode_checked(self, texts: list[str], level: int) -> list[np.ndarray]:
         out = []
@@ -258,7 +296,7 @@ def _interleave(flat, text_lens, raw_ids, raw_lens) -> np.ndarray:
     lens = np.empty(text_lens.size + raw_lens.size, dtype=np.int64)
     lens[0::2] = text_lens
     lens[1::2] = raw_lens
-    is_raw = np.repeat(np.arange(lens.size) & 1, lens).astype(np.bool_)
+    is_raw = np.repeat((np.arange(lens.size) & 1).astype(np.bool_), lens)
     out = np.empty(is_raw.size, dtype=np.int32)
     out[~is_raw] = flat
     out[is_raw] = raw_ids

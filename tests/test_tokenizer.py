@@ -10,6 +10,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmzip import tokenizer
 from lmzip.errors import FormatError, TokenizerError
 from lmzip.tokenizer import (
     Tokenizer,
@@ -144,6 +145,15 @@ def test_round_trip_property(tok, data):
         assert counts[0] == 0
         lead = tok.pieces[ids[0]].startswith("\u2581") and not tok.is_byte[ids[0]]
         assert counts.sum() == len(data) - lead
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=mixed)
+def test_newline_split_gives_sentencepiece_ids(golf_tok, data):
+    """Newlines as byte tokens + one joined call == each text run through sentencepiece."""
+    per_run = Tokenizer.from_bytes(golf_tok.model_bytes)
+    per_run._raw, per_run._nl_sep = tokenizer._RAW, False
+    assert golf_tok.encode(data).tolist() == per_run.encode(data).tolist()
 
 
 def test_random_10mb(small_tok, golf_tok):
