@@ -97,11 +97,11 @@ class MixerParams:
     """Every setting that changes the mixer's bytes (spec 6); stored in the file header."""
 
     orders: tuple = (1, 2, 3, 4, 6)  # token-context orders, one hashed model each
-    hash_bits: int = 18  # 2^hash_bits buckets of 64 bytes shared by the context models
+    hash_bits: int = 20  # 2^hash_bits buckets of 64 bytes shared by the context models
     limit: int = 255  # adaptation count limit: rate 2 / (2n + 3), n <= limit
-    match_min: int = 5  # tokens hashed to find a match
+    match_min: int = 4  # tokens hashed to find a match
     match_bits: int = 18  # 2^match_bits match-table entries (int32 positions)
-    lr: int = 6  # mixer learning rate (w += x * err * lr >> 14)
+    lr: int = 8  # mixer learning rate (w += x * err * lr >> 18)
     apm_rate: int = 7  # APM update shift
     apm2_bits: int = 14  # 2^apm2_bits APM2 contexts (previous token x node)
 
@@ -193,8 +193,8 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     # The mixer starts as "LM only": weight 1.0 (2^16) on the LM input in every set.
     w = body[head[H_OW] : head[H_OW] + N_WSETS * NIN_MAX].reshape(N_WSETS, NIN_MAX)
     w[:, 0] = 1 << 16
-    w[:, 1 : 1 + len(prm.orders)] = 1 << 13
-    w[:, 1 + len(prm.orders)] = 1 << 14
+    w[:, 1 : 1 + len(prm.orders)] = 0
+    w[:, 1 + len(prm.orders)] = 0
     knots = np.array(SQUASH_KNOTS, np.int32) << 6  # APM point k starts at squash(128 (k - 24))
     body[head[H_OA1] : head[H_OA1] + APM1_SIZE * NKNOT] = np.tile(knots, APM1_SIZE)
     body[head[H_OA2] : head[H_OA2] + (NKNOT << prm.apm2_bits)] = np.tile(knots, 1 << prm.apm2_bits)
@@ -274,14 +274,14 @@ def _bit_predict(head, body, hist):
             h = _hfin(_hstep(_hstep(head[H_CTX + m], m), node))
             head[H_BASE + m] = _find_bucket(body, head, h)
     jn = (1 << g) | (pre & ((1 << g) - 1))
-    known = 0
+    known = 0  # weight-set context (spec 5.3)
     for m in range(nm):
         slot = head[H_BASE + m] + jn
         e = body[slot]
         head[H_SLOT + m] = slot
         head[H_X + 1 + m] = stretch(body, head, e >> (CNT_BITS + 6))
         if e & CNT_MASK:
-            known += 1
+            known = m + 1  # models are in increasing order: the highest order that has seen it
     mexp = head[H_MEXP]
     mstate = 0
     xm = 0
@@ -336,7 +336,7 @@ def _bit_update(head, body, bit):
     err = ((bit << 16) - head[H_PMIX]) * head[H_LR]
     ow = head[H_OW] + head[H_WSET]
     for i in range(nm + 3):
-        body[ow + i] += (head[H_X + i] * err + 8192) >> 14
+        body[ow + i] += (head[H_X + i] * err + (1 << 17)) >> 18
     ort = head[H_ORT]
     limit = head[H_LIMIT]
     target = bit << 22

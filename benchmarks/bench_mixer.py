@@ -1,0 +1,193 @@
+"""Mixer benchmark: bits per byte (LM alone vs mixed) with stand-in LMs, and tokens per second.
+
+Run: python benchmarks/bench_mixer.py [--quick] [--out benchmarks/results/mixer-DATE.json]
+
+The real LM is not trained yet, so the LM vectors come from stand-ins built on a sample of
+train_mix (never on a dev set), tokenized with the BPE vocab-1024 model:
+- bigram: interpolated bigram/unigram, the weak LM (p = floor(q / max q * 2^30), Q30 convention);
+- strong: 0.9 of the mass on one token, the rest bigram; that token is the true next token on
+  90 % of positions (seeded) and a random one otherwise, so the LM is calibrated and far better
+  than any adaptive model: mixing must not make it worse.
+- oracle (synthetic): each position has its own random distribution (softmax of Gaussian logits,
+  scale 0.5-6) and the token is drawn from it; the LM gives exactly that distribution, so the LM
+  alone is optimal and every bit the mixer adds is loss.
+LM-only cost uses the table rule freq_i = 1 + floor(p_i (2^P - V) / sum p), the remainder to the
+lowest-index argmax, at P = 16 and P = 20. Each dev file is one chunk.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+
+import numpy as np
+import sentencepiece as spm
+import zstandard
+
+from lmzip.mixer import MixDecoder, MixEncoder, MixerParams, mix_decode_token
+
+CORPORA = "/work/shared/corpora"
+TOKENIZER = "/work/data/tok1024.model"
+DEV = ("enwiki_gensim", "lee_news", "shakespeare")
+BLOCK = 4096  # LM rows materialized at a time: [BLOCK, V] int64
+
+
+def read_text(name: str) -> bytes:
+    with open(os.path.join(CORPORA, name + ".txt.zst"), "rb") as f:
+        return zstandard.ZstdDecompressor().decompress(f.read(), max_output_size=1 << 31)
+
+
+def train_sample(n_parts: int = 24, part: int = 1_000_000) -> bytes:
+    # train_mix is a concatenation of very different sources: sample it evenly.
+    raw = read_text("train_mix")
+    step = len(raw) // n_parts
+    return b"\n".join(raw[k * step : k * step + part] for k in range(n_parts))
+
+
+def bigram_table(train: np.ndarray, V: int) -> np.ndarray:
+    """int64[V + 1, V] Q30 rows; row V is the unigram (for position 0)."""
+    c2 = np.bincount(train[:-1].astype(np.int64) * V + train[1:], minlength=V * V)
+    c2 = c2.reshape(V, V).astype(np.float64)
+    uni = (np.bincount(train, minlength=V) + 0.5) / (len(train) + 0.5 * V)
+    n = c2.sum(1, keepdims=True)
+    lam = n / (n + 20.0)
+    q = lam * c2 / np.maximum(n, 1) + (1 - lam) * uni
+    q = np.vstack([q, uni])
+    return np.floor(q / q.max(1, keepdims=True) * (1 << 30)).astype(np.int64)
+
+
+def lm_rows(table, toks, i0, i1, sure=None):
+    prev = np.concatenate([[table.shape[0] - 1], toks[:-1]])[i0:i1]
+    rows = table[prev]
+    if sure is not None:
+        # 0.9 of the mass on token sure[i]: its Q30 value becomes 9x the rest's total.
+        t = sure[i0:i1]
+        r = rows.astype(np.float64)
+        idx = np.arange(len(r))
+        rest = r.sum(1) - r[idx, t]
+        r = r / 9.0
+        r[idx, t] = rest
+        rows = np.floor(r / r.max(1, keepdims=True) * (1 << 30)).astype(np.int64)
+    return rows
+
+
+def sure_tokens(toks, V, seed=0):
+    rng = np.random.default_rng(seed)
+    wrong = rng.random(len(toks)) >= 0.9
+    return np.where(wrong, rng.integers(0, V, len(toks)), toks).astype(np.int32)
+
+
+def lm_only_bits(rows, toks, P):
+    V = rows.shape[1]
+    s = rows.sum(1)
+    f = 1 + (rows * ((1 << P) - V)) // s[:, None]
+    rem = (1 << P) - f.sum(1)
+    f[np.arange(len(f)), rows.argmax(1)] += rem
+    return float(np.sum(P - np.log2(f[np.arange(len(f)), toks])))
+
+
+def oracle_rows(n, V, i0, i1, seed=1):
+    """Rows i0..i1 of the oracle stand-in and their sampled tokens (deterministic per row)."""
+    rows = np.empty((i1 - i0, V), np.int64)
+    toks = np.empty(i1 - i0, np.int32)
+    for i in range(i0, i1):
+        rng = np.random.default_rng([seed, i])
+        z = rng.standard_normal(V) * rng.uniform(0.5, 6.0)
+        q = np.exp(z - z.max())
+        rows[i - i0] = np.floor(q * (1 << 30)).astype(np.int64)
+        toks[i - i0] = rng.choice(V, p=q / q.sum())
+    return rows, toks
+
+
+def run_oracle(n, V, prm):
+    enc = MixEncoder(prm, V, n)
+    lm16 = lm20 = 0.0
+    for i0 in range(0, n, BLOCK):
+        rows, tb = oracle_rows(n, V, i0, min(n, i0 + BLOCK))
+        lm16 += lm_only_bits(rows, tb, 16)
+        lm20 += lm_only_bits(rows, tb, 20)
+        enc.feed(rows, tb)
+    return dict(lm16_bits=lm16, lm20_bits=lm20, mixed_bits=8.0 * len(enc.finish()))
+
+
+def run_file(table, toks, prm, strong, seed=0):
+    V = table.shape[1]
+    mask = sure_tokens(toks, V, seed) if strong else None
+    enc = MixEncoder(prm, V, len(toks))
+    lm16 = lm20 = 0.0
+    t0 = time.perf_counter()
+    t_enc = 0.0
+    for i0 in range(0, len(toks), BLOCK):
+        rows = lm_rows(table, toks, i0, min(i0 + BLOCK, len(toks)), mask)
+        tb = toks[i0 : i0 + BLOCK]
+        lm16 += lm_only_bits(rows, tb, 16)
+        lm20 += lm_only_bits(rows, tb, 20)
+        t1 = time.perf_counter()
+        enc.feed(rows, tb)
+        t_enc += time.perf_counter() - t1
+    payload = enc.finish()
+    return dict(lm16_bits=lm16, lm20_bits=lm20, mixed_bits=8.0 * len(payload), enc_s=t_enc,
+                total_s=time.perf_counter() - t0, payload=payload, mask=mask)  # fmt: skip
+
+
+def decode_speed(table, toks, prm, payload, n):
+    """Decode the first n tokens one at a time (the decoder's real access pattern)."""
+    V = table.shape[1]
+    dec = MixDecoder(payload, prm, V, len(toks))
+    rows = lm_rows(table, toks, 0, n)
+    arrays = dec.arrays
+    t0 = time.perf_counter()
+    out = np.empty(n, np.int32)
+    for i in range(n):
+        out[i] = mix_decode_token(*arrays, rows[i])
+    dt = time.perf_counter() - t0
+    assert np.array_equal(out, toks[:n]), "decode mismatch"
+    return n / dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="first 300k tokens of each dev file")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    sp = spm.SentencePieceProcessor(model_file=TOKENIZER)
+    V = sp.get_piece_size()
+    train = np.array(sp.encode(train_sample().decode("utf-8", "ignore")), np.int32)
+    table = bigram_table(train, V)
+    prm = MixerParams()
+    results = []
+    print(f"{'file':14} {'LM':7} {'tokens':>8} {'LM16':>7} {'LM20':>7} {'mixed':>7} {'gain':>7}"
+          f" {'enc tok/s':>10} {'dec tok/s':>10}")  # fmt: skip
+    for name in DEV:
+        text = read_text(name)
+        toks = np.array(sp.encode(text.decode("utf-8")), np.int32)
+        nbytes = len(text)
+        if args.quick:
+            toks = toks[:300_000]
+            nbytes = len(sp.decode(toks.tolist()).encode("utf-8"))
+        for lm in ("bigram", "strong"):
+            r = run_file(table, toks, prm, lm == "strong")
+            dec_rate = decode_speed(table, toks, prm, r["payload"], min(len(toks), 50_000))
+            bpb = {k: r[k + "_bits"] / nbytes for k in ("lm16", "lm20", "mixed")}
+            gain = 1 - bpb["mixed"] / bpb["lm20"]
+            row = dict(file=name, lm=lm, tokens=len(toks), bytes=nbytes,
+                       bpb_lm16=bpb["lm16"], bpb_lm20=bpb["lm20"], bpb_mixed=bpb["mixed"],
+                       enc_tok_s=len(toks) / r["enc_s"], dec_tok_s=dec_rate)  # fmt: skip
+            results.append(row)
+            print(f"{name:14} {lm:7} {len(toks):8d} {bpb['lm16']:7.4f} {bpb['lm20']:7.4f} "
+                  f"{bpb['mixed']:7.4f} {100 * gain:6.2f}% {row['enc_tok_s']:10.0f} "
+                  f"{dec_rate:10.0f}", flush=True)  # fmt: skip
+    if args.out:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        meta = dict(date=datetime.date.today().isoformat(), commit=commit.stdout.strip(),
+                    machine=platform.machine(), cpu=platform.processor(), quick=args.quick,
+                    params=prm.to_bytes().hex(), numpy=np.__version__)  # fmt: skip
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
