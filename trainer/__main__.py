@@ -1,0 +1,60 @@
+"""python -m trainer --preset NAME --data PATH... --out MODEL [--set key=value ...]
+
+Also under torchrun: `torchrun --nproc_per_node=8 -m trainer --preset golf-baseline ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import click
+
+from lmzip.errors import LmzipError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", required=True, help="tiny, cpu, golf-baseline or golf-plus")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="corpus file(s): .txt, .zst, .jsonl, .parquet or golf .bin shards (repeat)")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="model container to write at the end (.lmzm)")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
+              help="checkpoints, logs and config (default: OUT.run); resumes if it has a ckpt")
+@click.option("--tokenizer", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="sentencepiece .model to use (same as --set data.tokenizer=PATH)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config field, e.g. --set train.max_seconds=600 (repeat)")
+@click.option("--print-config", is_flag=True, help="print the resolved config and exit")
+def main(preset, data, out, run_dir, tokenizer, overrides, print_config):
+    """Train a GPT on text and export it as an lmzip model.
+
+    Example: python -m trainer --preset tiny --data lee_news.txt.zst --out /tmp/t.lmzm
+    """
+    from trainer.config import apply_overrides, load_preset
+
+    try:
+        cfg = load_preset(preset)
+        if tokenizer:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
+        cfg = apply_overrides(cfg, list(overrides))
+    except (ValueError, TypeError) as e:
+        raise click.UsageError(str(e)) from None
+    if print_config:
+        import json
+
+        click.echo(json.dumps(cfg.to_dict(), indent=1))
+        return
+    if out is None and run_dir is None:
+        raise click.UsageError("give --out or --run-dir")
+    from trainer.train import run
+
+    try:
+        run(cfg, list(data), out, run_dir or f"{out}.run")
+    except (LmzipError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training presets: each module defines `CONFIG: TrainConfig` (name: module name, `_` -> `-`)."""
