@@ -8,7 +8,6 @@ chunk lives in three numpy arrays so that numba loops can pass it around without
 - ``hist`` int32[max_tokens]: the chunk's tokens so far (the match model reads it).
 """
 
-import numpy as np
 from numba import njit
 
 # Stretch domain: x = round(256 * ln(p / (1 - p))), clamped to [-XMAX, XMAX]; probabilities are
@@ -42,6 +41,7 @@ H_PMIX, H_DOT, H_WSET, H_A1, H_A2, H_PFIN, H_MSM = 16, 17, 18, 19, 20, 21, 22
 H_NBMASK, H_MMMASK, H_A2MASK = 23, 24, 25
 # offsets into body
 H_OSQ, H_OST, H_ORT, H_OMEM, H_OW, H_OA1, H_OA2, H_OMM, H_OSM = 26, 27, 28, 29, 30, 31, 32, 33, 34
+H_WSET2, H_PMIX2 = 35, 36
 H_ORD = 40  # MAX_MODELS orders
 H_CTX = 48  # MAX_MODELS context hashes of the current token
 H_BASE = 56  # MAX_MODELS bucket bases of the current nibble group
@@ -49,7 +49,10 @@ H_X = 64  # NIN_MAX mixer inputs of the current bit
 H_SLOT = 80  # MAX_MODELS entry indices of the current bit
 H_SIZE = 96  # prefix sum of p starts here: head[H_SIZE + t] = p[0] + ... + p[t - 1]
 
-N_WSETS = 4 * 3 * (MAX_MODELS + 1)  # weight sets: LM confidence x match state x models that know
+# Weight sets: mixer 1 by LM confidence x match state x highest order that knows the context,
+# mixer 2 by bit depth x match state.
+N_WSETS1 = 4 * 3 * (MAX_MODELS + 1)
+N_WSETS = N_WSETS1 + 16 * 3
 SM_SIZE = 64  # match model: 32 length buckets x (expected bit agrees so far)
 APM1_SIZE = 4096  # APM1 context: node index (bit-tree position), folded to 12 bits
 

@@ -23,6 +23,7 @@ from numba import njit
 
 from lmzip.coder import dec_advance, dec_new, dec_overrun, dec_target, enc_finish, enc_new, enc_put
 from lmzip.ctxmodels import (
+    APM1_SIZE,
     CNT_BITS,
     CNT_MASK,
     ENTRY_INIT,
@@ -62,17 +63,19 @@ from lmzip.ctxmodels import (
     H_OW,
     H_PFIN,
     H_PMIX,
+    H_PMIX2,
     H_SIZE,
     H_SLOT,
     H_V,
     H_WSET,
+    H_WSET2,
     H_X,
-    APM1_SIZE,
     M1,
     M2,
     MASK32,
     MAX_MODELS,
     N_WSETS,
+    N_WSETS1,
     NIN_MAX,
     NKNOT,
     P22,
@@ -102,7 +105,7 @@ class MixerParams:
     match_min: int = 4  # tokens hashed to find a match
     match_bits: int = 18  # 2^match_bits match-table entries (int32 positions)
     lr: int = 8  # mixer learning rate (w += x * err * lr >> 18)
-    apm_rate: int = 7  # APM update shift
+    apm_rate: int = 5  # APM update shift
     apm2_bits: int = 14  # 2^apm2_bits APM2 contexts (previous token x node)
 
     def __post_init__(self):
@@ -302,15 +305,22 @@ def _bit_predict(head, body, hist):
     conf = 0 if ax < 256 else (1 if ax < 1024 else (2 if ax < 2048 else 3))
     wset = ((conf * 3 + mstate) * (MAX_MODELS + 1) + known) * NIN_MAX
     head[H_WSET] = wset
+    wset2 = (N_WSETS1 + d * 3 + mstate) * NIN_MAX
+    head[H_WSET2] = wset2
     ow = head[H_OW] + wset
-    dot = 0
+    ow2 = head[H_OW] + wset2
+    dot1 = 0
+    dot2 = 0
     for i in range(nm + 3):
-        dot += body[ow + i] * head[H_X + i]
-    dot >>= 16
-    dot = min(max(dot, -XMAX), XMAX)
+        dot1 += body[ow + i] * head[H_X + i]
+        dot2 += body[ow2 + i] * head[H_X + i]
+    dot1 = min(max(dot1 >> 16, -XMAX), XMAX)
+    dot2 = min(max(dot2 >> 16, -XMAX), XMAX)
+    head[H_PMIX] = squash(body, head, dot1)
+    head[H_PMIX2] = squash(body, head, dot2)
+    dot = (dot1 + dot2) >> 1
     head[H_DOT] = dot
     pmix = squash(body, head, dot)
-    head[H_PMIX] = pmix
     # APMs: interpolate between the two grid points around dot, later train the nearer one
     z = dot + 3072
     k = z >> 7
@@ -323,7 +333,7 @@ def _bit_predict(head, body, hist):
     pa2 = (body[a2] * (128 - f) + body[a2 + 1] * f) >> 13
     head[H_A1] = a1 + (f >> 6)
     head[H_A2] = a2 + (f >> 6)
-    pf = (2 * pmix + pa1 + pa2 + 2) >> 2
+    pf = (pmix + pa1 + 2 * pa2 + 2) >> 2
     pf = min(max(pf, 1), PONE - 1)
     head[H_PFIN] = pf
     return pf
@@ -334,9 +344,13 @@ def _bit_update(head, body, bit):
     """Train every component on the coded bit, then descend the tree (spec 5.4)."""
     nm = head[H_NM]
     err = ((bit << 16) - head[H_PMIX]) * head[H_LR]
+    err2 = ((bit << 16) - head[H_PMIX2]) * head[H_LR]
     ow = head[H_OW] + head[H_WSET]
+    ow2 = head[H_OW] + head[H_WSET2]
     for i in range(nm + 3):
-        body[ow + i] += (head[H_X + i] * err + (1 << 17)) >> 18
+        x = head[H_X + i]
+        body[ow + i] += (x * err + (1 << 17)) >> 18
+        body[ow2 + i] += (x * err2 + (1 << 17)) >> 18
     ort = head[H_ORT]
     limit = head[H_LIMIT]
     target = bit << 22
