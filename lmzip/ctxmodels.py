@@ -31,6 +31,7 @@ CNT_BITS = 9  # bucket entry = p22 << 9 | count
 CNT_MASK = (1 << CNT_BITS) - 1
 ENTRY_INIT = (1 << 21) << CNT_BITS  # p = 1/2, count 0
 MAX_MODELS = 8
+WMAX = 1 << 22  # mixer weights are 16.16 fixed point, clamped to [-WMAX, WMAX]
 NIN_MAX = MAX_MODELS + 4  # LM, context models, match, order-0 node, bias
 
 # head scalars
@@ -59,13 +60,13 @@ APM1_SIZE = 4096  # APM1 context: node index (bit-tree position), folded to 12 b
 
 @njit(cache=True)
 def _hstep(h, x):
-    """One hash step over a non-negative integer x < 2^32 (spec 3.1)."""
+    """One hash step over h < 2^32 and a token or sentinel x <= 65536 (spec 3)."""
     return ((h + x + 1) * M1) & MASK32
 
 
 @njit(cache=True)
 def _hfin(h):
-    """Final avalanche of a 32-bit hash (spec 3.1)."""
+    """Final avalanche of a 32-bit hash (spec 3)."""
     h ^= h >> 15
     h = (h * M2) & MASK32
     return h ^ (h >> 13)

@@ -82,6 +82,7 @@ from lmzip.ctxmodels import (
     PONE,
     SM_SIZE,
     SQUASH_KNOTS,
+    WMAX,
     XMAX,
     _fill_tables,
     _hfin,
@@ -165,7 +166,7 @@ def _body_size(prm: MixerParams) -> int:
 
 
 def _new_state(prm: MixerParams, V: int, max_tokens: int):
-    """Fresh (head, body, hist) for one chunk (spec 5.1: initial values)."""
+    """Fresh (head, body, hist) for one chunk (spec 4: initial values)."""
     if not 1 <= V <= 65536:
         raise ValueError(f"vocabulary size {V} not in 1..65536")
     head = np.zeros(H_SIZE + V + 1, np.int64)
@@ -208,7 +209,7 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
 
 @njit(cache=True)
 def _token_begin(head, body, hist, p):
-    """Per-token set-up (spec 5.2): prefix sum of p, context hashes, expected token."""
+    """Per-token set-up (spec 5.1): prefix sum of p, context hashes, expected token."""
     V = head[H_V]
     s = 0
     head[H_SIZE] = 0
@@ -229,7 +230,7 @@ def _token_begin(head, body, hist, p):
 
 @njit(cache=True)
 def _find_bucket(body, head, h):
-    """Index of the 16-entry bucket for hash h (spec 4.2): tag match in 2 candidates or replace."""
+    """Index of the 16-entry bucket for hash h (spec 4.1): tag match in 2 candidates or replace."""
     omem = head[H_OMEM]
     tag = (((h * M1) & MASK32) >> 16) + 1
     i0 = h & head[H_NBMASK]
@@ -250,7 +251,7 @@ def _find_bucket(body, head, h):
 
 @njit(cache=True)
 def _bit_predict(head, body, hist):
-    """P(next bit = 1) in [1, 65535], or -1 when the bit is forced to 0 (spec 5.3)."""
+    """P(next bit = 1) in [1, 65535], or -1 when the bit is forced to 0 (spec 5.2)."""
     V = head[H_V]
     B = head[H_B]
     d = head[H_D]
@@ -277,7 +278,7 @@ def _bit_predict(head, body, hist):
             h = _hfin(_hstep(_hstep(head[H_CTX + m], m), node))
             head[H_BASE + m] = _find_bucket(body, head, h)
     jn = (1 << g) | (pre & ((1 << g) - 1))
-    known = 0  # weight-set context (spec 5.3)
+    known = 0  # weight-set context (spec 5.2)
     for m in range(nm):
         slot = head[H_BASE + m] + jn
         e = body[slot]
@@ -341,7 +342,7 @@ def _bit_predict(head, body, hist):
 
 @njit(cache=True)
 def _bit_update(head, body, bit):
-    """Train every component on the coded bit, then descend the tree (spec 5.4)."""
+    """Train every component on the coded bit, then descend the tree (spec 5.2, Update)."""
     nm = head[H_NM]
     err = ((bit << 16) - head[H_PMIX]) * head[H_LR]
     err2 = ((bit << 16) - head[H_PMIX2]) * head[H_LR]
@@ -349,8 +350,9 @@ def _bit_update(head, body, bit):
     ow2 = head[H_OW] + head[H_WSET2]
     for i in range(nm + 3):
         x = head[H_X + i]
-        body[ow + i] += (x * err + (1 << 17)) >> 18
-        body[ow2 + i] += (x * err2 + (1 << 17)) >> 18
+        # weights stay in [-WMAX, WMAX] (|w| <= 64.0) so int32 storage never wraps
+        body[ow + i] = min(max(body[ow + i] + ((x * err + (1 << 17)) >> 18), -WMAX), WMAX)
+        body[ow2 + i] = min(max(body[ow2 + i] + ((x * err2 + (1 << 17)) >> 18), -WMAX), WMAX)
     ort = head[H_ORT]
     limit = head[H_LIMIT]
     target = bit << 22
@@ -377,7 +379,7 @@ def _bit_update(head, body, bit):
 
 @njit(cache=True)
 def _token_end(head, body, hist, tok):
-    """Append tok to the history; advance or look up the match model (spec 5.5)."""
+    """Append tok to the history; advance or look up the match model (spec 5.3)."""
     n = head[H_N]
     hist[n] = tok
     n += 1
@@ -432,7 +434,7 @@ def _cost_block(head, body, hist, p_block, toks, out_bits):
 
 @njit(cache=True)
 def _encode_block(head, body, hist, p_block, toks, cst, out):
-    """Code toks[i] with LM vector p_block[i]; returns bytes written to out (spec 5.6)."""
+    """Code toks[i] with LM vector p_block[i]; returns bytes written to out (spec 5.2)."""
     B = head[H_B]
     pos = 0
     for i in range(toks.shape[0]):

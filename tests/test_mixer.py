@@ -169,3 +169,173 @@ def test_input_validation():
         mix_encode(np.full((2, 4), Q30 + 1), np.zeros(2, np.int32), SMALL)
     with pytest.raises(ValueError):
         mix_encode(np.full((2, 4), Q30), np.array([0, 4], np.int32), SMALL)
+
+
+def _reference_cost(p_all, toks, prm):
+    """format_spec/mixer.md written out in plain Python, independently of the numba code."""
+    from lmzip.ctxmodels import SQUASH_KNOTS as K
+
+    M1, M2, MASK, XMAX = 0x6A09E667, 0x3C6EF373, 0xFFFFFFFF, 3071
+
+    def squash(x):
+        z = min(max(x, -XMAX), XMAX) + 3072
+        k, f = z >> 7, z & 127
+        return (K[k] * (128 - f) + K[k + 1] * f + 64) >> 7
+
+    st = [XMAX] * 65536
+    j = 0
+    for x in range(-XMAX, XMAX + 1):
+        while j <= squash(x) and j < 65536:
+            st[j] = x
+            j += 1
+    rate = [131072 // (2 * n + 3) for n in range(512)]
+
+    def hstep(h, x):
+        return ((h + x + 1) * M1) & MASK
+
+    def hfin(h):
+        h ^= h >> 15
+        h = (h * M2) & MASK
+        return h ^ (h >> 13)
+
+    V = p_all.shape[1]
+    B = max(1, (V - 1).bit_length())
+    nm = len(prm.orders)
+    init = (1 << 21) << 9
+    nb = 1 << prm.hash_bits
+    tags, ents = [0] * nb, [[init] * 16 for _ in range(nb)]
+    W = [[65536] + [0] * (nm + 2) for _ in range(156)]
+    A = [
+        [[k << 6 for k in K] for _ in range(4096)],
+        [[k << 6 for k in K] for _ in range(1 << prm.apm2_bits)],
+    ]
+    MT, SM = [0] * (1 << prm.match_bits), [3 * (1 << 22) // 4] * 64
+    mptr = mlen = 0
+    t = []
+    costs = []
+
+    def find(h):
+        tag = (((h * M1) & MASK) >> 16) + 1
+        i0 = h & (nb - 1)
+        i1 = i0 ^ 1
+        for i in (i0, i1):
+            if tags[i] == tag:
+                return i
+        i = i1 if (ents[i1][1] & 511) < (ents[i0][1] & 511) else i0
+        tags[i] = tag
+        ents[i] = [init] * 16
+        return i
+
+    for n, s in enumerate(toks.tolist()):
+        p = p_all[n].tolist()
+        S = [0]
+        for v in p:
+            S.append(S[-1] + v)
+        tokf = lambda j: t[j] if j >= 0 else 65536  # noqa: E731
+        ctx = []
+        for k in prm.orders:
+            h = (k * M2) & MASK
+            for j in range(1, k + 1):
+                h = hstep(h, tokf(n - j))
+            ctx.append(h)
+        E = t[mptr] if mlen > 0 else None
+        node, bits, base = 1, 0.0, [0] * nm
+        for d in range(B):
+            pre, sh = node - (1 << d), B - d
+            lo = pre << sh
+            mid = lo + (1 << (sh - 1))
+            if mid >= V:
+                node *= 2
+                continue
+            y = (s >> (sh - 1)) & 1
+            hi = min(lo + (1 << sh), V)
+            m0, m1 = S[mid] - S[lo], S[hi] - S[mid]
+            qlm = 32768 if m0 + m1 == 0 else min(max((m1 << 16) // (m0 + m1), 1), 65535)
+            x = [st[qlm]]
+            g = d & 3
+            if g == 0:
+                base = [find(hfin(hstep(hstep(ctx[m], m), node))) for m in range(nm)]
+            jn = (1 << g) | (pre & ((1 << g) - 1))
+            known = 0
+            for m in range(nm):
+                e = ents[base[m]][jn]
+                x.append(st[e >> 15])
+                if e & 511:
+                    known = m + 1
+            ms, si = 0, -1
+            if E is not None and (E >> sh) == pre:
+                eb = (E >> (sh - 1)) & 1
+                lb = mlen if mlen < 16 else min(16 + ((mlen - 16) >> 2), 31)
+                si = 2 * lb + (1 if d > 0 else 0)
+                v = st[SM[si] >> 6]
+                x.append(v if eb else -v)
+                ms = 1 if lb < 12 else 2
+            else:
+                x.append(0)
+            x.append(256)
+            a = abs(x[0])
+            conf = 0 if a < 256 else (1 if a < 1024 else (2 if a < 2048 else 3))
+            ws = [(conf * 3 + ms) * 9 + known, 108 + 3 * d + ms]
+            dots = [
+                min(max(sum(wi * xi for wi, xi in zip(W[w], x)) >> 16, -XMAX), XMAX) for w in ws
+            ]
+            qs = [squash(v) for v in dots]
+            dot = (dots[0] + dots[1]) >> 1
+            qm = squash(dot)
+            z = dot + 3072
+            k, f = z >> 7, z & 127
+            cs = [
+                node & 4095,
+                hfin(hstep(hstep(0, tokf(n - 1)), node)) & ((1 << prm.apm2_bits) - 1),
+            ]
+            qa = [(A[i][cs[i]][k] * (128 - f) + A[i][cs[i]][k + 1] * f) >> 13 for i in (0, 1)]
+            q = min(max((qm + qa[0] + 2 * qa[1] + 2) >> 2, 1), 65535)
+            bits -= np.log2((q if y else 65536 - q) / 65536)
+            for w, qi in zip(ws, qs):
+                err = ((y << 16) - qi) * prm.lr
+                W[w] = [
+                    min(max(wi + ((xi * err + (1 << 17)) >> 18), -(1 << 22)), 1 << 22)
+                    for wi, xi in zip(W[w], x)
+                ]
+            for m in range(nm):
+                e = ents[base[m]][jn]
+                pp, c = e >> 9, e & 511
+                pp += (((y << 22) - pp) * rate[c]) >> 16
+                ents[base[m]][jn] = (pp << 9) | (c + 1 if c < prm.limit else c)
+            if si >= 0:
+                SM[si] += (((1 if y == eb else 0) << 22) - SM[si]) >> 6
+            for i in (0, 1):
+                pt = k + (f >> 6)
+                A[i][cs[i]][pt] += ((y << 22) - A[i][cs[i]][pt]) >> prm.apm_rate
+            node = 2 * node + y
+        costs.append(bits)
+        t.append(s)
+        n1 = n + 1
+        if mlen > 0 and t[mptr] == s:
+            mlen, mptr = min(mlen + 1, 65535), mptr + 1
+        else:
+            mlen = 0
+        if n1 >= prm.match_min:
+            h = 0
+            for j in range(1, prm.match_min + 1):
+                h = hstep(h, t[n1 - j])
+            i = hfin(h) & ((1 << prm.match_bits) - 1)
+            if mlen == 0 and MT[i] > 0:
+                c, L = MT[i], 0
+                while L < 32 and c - 1 - L >= 0 and t[c - 1 - L] == t[n1 - 1 - L]:
+                    L += 1
+                if L > 0:
+                    mlen, mptr = L, c
+            MT[i] = n1
+    return np.array(costs)
+
+
+def test_spec_reference_implementation_agrees():
+    rng = np.random.default_rng(7)
+    prm = MixerParams(orders=(1, 2, 4), hash_bits=10, match_bits=8, apm2_bits=6, match_min=2)
+    for V, n in ((37, 120), (256, 60)):
+        p = lm_vectors(rng, n, V, "mixed")
+        toks = correlated_tokens(rng, n, V)
+        np.testing.assert_allclose(
+            _reference_cost(p, toks, prm), mix_cost_bits(p, toks, prm), rtol=0, atol=1e-9
+        )
