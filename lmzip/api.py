@@ -455,6 +455,9 @@ class AtomicOutput:
         else:
             d = None
         fd, self.tmp = tempfile.mkstemp(prefix=".lmzip-", suffix=".tmp", dir=d)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get normal permissions
         self.f = os.fdopen(fd, "w+b")
 
     def commit(self) -> None:
