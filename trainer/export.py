@@ -54,10 +54,12 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike,
     if val_tokens != 0:
         val = ValSet(val_stream(prep["val"], limit), tok)
         t0 = time.time()
+        # the run's own autocast dtype: bf16 halves this on CPU and moves bpb by ~1e-3 at most
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.dtype == "bf16")
         for name, qat in (("float", False), ("quant", True)):
             model.set_qat(qat)
             r = evaluate(model, val, cfg.model.seq_len, stride, cfg.eval.batch_seqs,
-                         torch.device("cpu"))
+                         torch.device("cpu"), amp)
             result[f"bpb_{name}"] = round(r["bpb"], 5)
             result["val_tokens"], result["val_bytes"] = r["tokens"], r["bytes"]
         model.set_qat(False)
