@@ -1,0 +1,193 @@
+"""The exact engine: identical tables on every path (format_spec/numerics.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from decimal import Decimal, getcontext
+
+import numpy as np
+import pytest
+import torch
+
+from lmzip import kernels, numerics
+from lmzip.engine import Engine
+from lmzip.errors import FormatError, VersionError
+from lmzip.export import gpt_from_model_file
+
+from conftest import random_model_file
+
+
+@pytest.fixture(scope="module")
+def mf(tok_bytes):
+    return random_model_file(tok_bytes, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engine(mf):
+    return Engine(mf)
+
+
+def _windows(n, t, v, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(4, v, (n, t), generator=g)
+    w[:, 0] = 1
+    return w
+
+
+def test_exp_constants_match_decimal():
+    getcontext().prec = 50
+    for c, x in [(numerics.EXP_C1, 1), (numerics.EXP_CA, Decimal(1) / 256),
+                 (numerics.EXP_CB, Decimal(1) / 65536)]:  # fmt: skip
+        exact = Decimal(2) ** 30 * (-Decimal(x)).exp()
+        assert c == int(exact.to_integral_value())
+
+
+def test_exp_q30_accuracy():
+    x = torch.arange(0, 12 << 16, 331)
+    got = numerics.exp_q30(x).double() / 2**30
+    assert (got - torch.exp(-x.double() / 65536)).abs().max() < 2e-7
+    assert numerics.exp_q30(torch.tensor([0]))[0] == 1 << 30
+    assert numerics.exp_q30(torch.tensor([24 << 16]))[0] == 0
+
+
+def test_isqrt_exact():
+    n = torch.cat([torch.randint(0, 2**62, (20000,)), torch.arange(0, 5000),
+                   torch.tensor([2**62 - 1, (2**31 - 1) ** 2, (2**31 - 1) ** 2 - 1])])  # fmt: skip
+    r = numerics.isqrt(n)
+    assert bool(((r * r <= n) & ((r + 1) * (r + 1) > n)).all())
+
+
+def test_freq_table_total_and_floor():
+    p = numerics.lm_probs(torch.randint(-(40 << 16), 40 << 16, (50, 512)))
+    for prec in (10, 16, 24):
+        f = numerics.freq_table(p, prec)
+        assert bool((f.sum(-1) == 1 << prec).all()) and int(f.min()) >= 1
+    with pytest.raises(ValueError):
+        numerics.freq_table(p, 9)
+
+
+def test_batched_equals_incremental(engine):
+    """Thousands of positions: teacher-forced tables == KV-cache tables, bit for bit."""
+    w = _windows(6, engine.window, engine.vocab_size)
+    full = engine.forward(w)
+    st = engine.new_state(6)
+    inc = torch.stack([engine.step(st, w[:, i], torch.full((6,), i)) for i in range(w.size(1))], 1)
+    assert torch.equal(full, inc)
+    assert full.numel() // engine.vocab_size >= 6 * 48
+
+
+def test_stream_alone_equals_in_batch_with_other_positions(engine):
+    """A stream's tables do not depend on its batch-mates, their positions or their count."""
+    w = _windows(3, engine.window, engine.vocab_size, seed=3)
+    alone = engine.forward(w[1:2])
+    st = engine.new_state(3)
+    outs = []
+    for i in range(w.size(1)):
+        # stream 0 restarts every 7 steps, stream 2 lags by 5: all positions differ
+        pos = torch.tensor([i % 7, i, max(0, i - 5)])
+        toks = torch.stack([w[0, i % 7], w[1, i], w[2, max(0, i - 5)]])
+        outs.append(engine.step(st, toks, pos)[1])
+    assert torch.equal(torch.stack(outs), alone[0])
+    # shorter windows and a different batch composition give the same prefix rows
+    assert torch.equal(engine.forward(w[:, :20])[1], alone[0, :20])
+
+
+def test_thread_count_does_not_change_tables(engine):
+    w = _windows(4, engine.window, engine.vocab_size, seed=5)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = engine.forward(w)
+        torch.set_num_threads(2)
+        two = engine.forward(w)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("kernel", ["f32", "f64"])
+def test_fallback_kernels_identical(mf, engine, kernel):
+    w = _windows(2, engine.window, engine.vocab_size, seed=7)
+    forced = Engine(mf, matmul=kernel)
+    assert all(lay["mlp.up"].mm.kernel == kernel for lay in forced.layers)
+    assert torch.equal(forced.forward(w), engine.forward(w))
+
+
+def test_selftest_failure_falls_back(mf, engine, monkeypatch):
+    """A kernel that fails its self-test (e.g. oneDNN's saturating AVX2 path) is never used."""
+    monkeypatch.setattr(kernels, "kernel_ok", lambda *a: False)
+    eng = Engine(mf, matmul="int_mm")
+    assert all(lay["attn.q"].mm.kernel == "f64" for lay in eng.layers)
+    w = _windows(2, engine.window, engine.vocab_size, seed=9)
+    assert torch.equal(eng.forward(w), engine.forward(w))
+
+
+def test_selftest_detects_a_saturating_kernel(monkeypatch):
+    def saturating(a, w, wmax):
+        # oneDNN's AVX2 u8s8 path: activations shifted to u8 (a + 128), products summed in
+        # pairs with int16 saturation (vpmaddubsw), the shift compensated afterwards
+        prod = (a.long() + 128)[:, :, None] * w.long()[None]
+        pairs = prod[:, 0::2] + prod[:, 1::2]
+        return pairs.clamp(-32768, 32767).sum(1) - 128 * w.long().sum(0)[None]
+
+    monkeypatch.setitem(kernels._IMPL, "int_mm", saturating)
+    kernels.kernel_ok.cache_clear()
+    try:
+        assert not kernels.kernel_ok("int_mm", 64, 32, 127, "cpu")
+        assert kernels.kernel_ok("int_mm", 64, 32, 31, "cpu")  # int6 weights are safe there
+    finally:
+        kernels.kernel_ok.cache_clear()
+
+
+def test_tables_same_in_another_process(mf, engine, tmp_path):
+    from lmzip.container import save_model
+
+    path = tmp_path / "m.lmzm"
+    save_model(mf, path, compress=False)
+    w = _windows(2, engine.window, engine.vocab_size, seed=11)
+    torch.save(w, tmp_path / "w.pt")
+    code = (
+        "import torch, sys; torch.set_num_threads(1)\n"
+        "from lmzip.container import load_model; from lmzip.engine import Engine\n"
+        f"e = Engine(load_model(r'{path}'), matmul='f32')\n"
+        f"torch.save(e.forward(torch.load(r'{tmp_path / 'w.pt'}')), r'{tmp_path / 'o.pt'}')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert torch.equal(torch.load(tmp_path / "o.pt"), engine.forward(w))
+
+
+def test_engine_close_to_float_reference(mf, engine):
+    """Random weights are a hard case; trained models are checked by test_api (1 %)."""
+    ref = gpt_from_model_file(mf)
+    w = _windows(4, engine.window, engine.vocab_size, seed=13)
+    with torch.no_grad():
+        lf = torch.log_softmax(ref(w).double(), -1)
+    f = numerics.freq_table(numerics.lm_probs(engine.forward(w)), 24).double() / 2**24
+    tg = w[:, 1:, None]
+    bits_ref = -lf[:, :-1].gather(-1, tg).sum() / np.log(2)
+    bits_eng = -torch.log2(f[:, :-1].gather(-1, tg)).sum()
+    assert abs(bits_eng / bits_ref - 1) < 0.01
+
+
+def test_rejects_wrong_numerics_version(mf):
+    import dataclasses
+
+    with pytest.raises(VersionError):
+        Engine(dataclasses.replace(mf, numerics_version=99))
+
+
+def test_rejects_out_of_range_tensors(mf):
+    import dataclasses
+
+    from lmzip.container import QTensor
+
+    t = dict(mf.tensors)
+    q = t["blocks.0.mlp.up"]
+    t["blocks.0.mlp.up"] = QTensor("q6", q.values, np.full_like(q.scales, 8.0))
+    with pytest.raises(FormatError, match="range"):
+        Engine(dataclasses.replace(mf, tensors=t))
+    t = dict(mf.tensors)
+    del t["skip_weights"]
+    with pytest.raises(FormatError, match="missing"):
+        Engine(dataclasses.replace(mf, tensors=t))
