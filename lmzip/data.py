@@ -17,6 +17,7 @@ Parameter Golf shard format (DESIGN.md section 5), all little-endian:
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -47,7 +48,7 @@ def open_bytes(path: str | os.PathLike) -> io.BufferedIOBase:
     if path.suffix == ".zst":
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
         return io.BufferedReader(raw, _READ_BLOCK)
     return open(path, "rb")
 
@@ -204,5 +205,5 @@ def iter_shard_documents(path: str | os.PathLike, bos_id: int = 1) -> Iterator[n
     starts = np.flatnonzero(tokens == bos_id)
     bounds = np.concatenate([[0] if starts.size == 0 or starts[0] != 0 else [], starts])
     bounds = np.append(bounds.astype(np.int64), tokens.size)
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         yield np.array(tokens[a:b], dtype=np.int32)

@@ -6,6 +6,7 @@ All runs are micro models (~30k parameters, 1 thread, fp32) on a synthetic corpu
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -20,7 +21,6 @@ import torch
 from lmzip.data import open_shard, write_shard
 from lmzip.errors import LmzipError
 from lmzip.tokenizer import Tokenizer, train_tokenizer
-
 from trainer.config import apply_overrides, load_preset, preset_names
 from trainer.prepare import is_val_doc, prepare
 from trainer.shards import BatchSampler, TokenSource, eval_windows
@@ -28,11 +28,67 @@ from trainer.train import run
 
 REPO = Path(__file__).resolve().parent.parent
 
-WORDS = (
-    "the a of to and in is was for on that with as by at from his her it an were are which "
-    "this be or has had not but also have one their its new after who they been more two first "
-    "year would about people other there when into time over only some most such city state"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "his",
+    "her",
+    "it",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "not",
+    "but",
+    "also",
+    "have",
+    "one",
+    "their",
+    "its",
+    "new",
+    "after",
+    "who",
+    "they",
+    "been",
+    "more",
+    "two",
+    "first",
+    "year",
+    "would",
+    "about",
+    "people",
+    "other",
+    "there",
+    "when",
+    "into",
+    "time",
+    "over",
+    "only",
+    "some",
+    "most",
+    "such",
+    "city",
+    "state",
+]
 
 
 def synthetic_text(n_docs: int, seed: int = 0) -> bytes:
@@ -101,15 +157,18 @@ def test_presets_load_and_validate():
         assert cfg.train.global_batch_tokens % cfg.model.seq_len == 0
     golf = load_preset("golf-baseline")
     assert (golf.model.n_layer, golf.model.d_model, golf.train.global_batch_tokens) == (
-        9, 512, 524_288,
+        9,
+        512,
+        524_288,
     )
     assert golf.export.golf and load_preset("golf-plus").export.golf
 
 
 def test_overrides_are_type_checked():
     cfg = load_preset("tiny")
-    new = apply_overrides(cfg, ["train.max_seconds=5400", "model.n_layer=3", "train.dtype=bf16",
-                                "export.golf=true"])
+    new = apply_overrides(
+        cfg, ["train.max_seconds=5400", "model.n_layer=3", "train.dtype=bf16", "export.golf=true"]
+    )
     assert new.train.max_seconds == 5400.0 and new.model.n_layer == 3
     assert new.train.dtype == "bf16" and new.export.golf is True
     assert cfg.model.n_layer == 2  # frozen: the preset object is unchanged
@@ -138,8 +197,9 @@ def test_cli_usage_errors_exit_2():
 
     from trainer.__main__ import main
 
-    res = CliRunner().invoke(main, ["--preset", "tiny", "--data", __file__, "--out", "x.lmzm",
-                                    "--set", "train.bogus=1"])
+    res = CliRunner().invoke(
+        main, ["--preset", "tiny", "--data", __file__, "--out", "x.lmzm", "--set", "train.bogus=1"]
+    )
     assert res.exit_code == 2 and "unknown key 'bogus'" in res.output
 
 
@@ -175,7 +235,7 @@ def test_prepare_writes_golf_shards_without_leaks(corpus, tmp_path):
         toks = np.concatenate([np.asarray(open_shard(p)) for p in paths]).astype(np.int64)
         assert toks[0] == tok.bos_id
         cut = np.flatnonzero(toks == tok.bos_id).tolist() + [toks.size]
-        return [tok.decode(toks[a + 1 : b]) for a, b in zip(cut[:-1], cut[1:])]
+        return [tok.decode(toks[a + 1 : b]) for a, b in itertools.pairwise(cut)]
 
     train, val = docs(prep.train), docs(prep.val)
     assert not set(train) & set(val)
@@ -227,11 +287,22 @@ def test_tiny_run_loss_falls_exports_and_round_trips(corpus, tmp_path):
 
     src = tmp_path / "s.txt"
     src.write_bytes(synthetic_text(3, seed=9))
-    r = CliRunner().invoke(lmzip_main, ["compress", "-q", "-m", str(out), str(src), "-o",
-                                        str(tmp_path / "s.lmz")])
+    r = CliRunner().invoke(
+        lmzip_main, ["compress", "-q", "-m", str(out), str(src), "-o", str(tmp_path / "s.lmz")]
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(lmzip_main, ["decompress", "-q", "-m", str(out),
-                                        str(tmp_path / "s.lmz"), "-o", str(tmp_path / "s.out")])
+    r = CliRunner().invoke(
+        lmzip_main,
+        [
+            "decompress",
+            "-q",
+            "-m",
+            str(out),
+            str(tmp_path / "s.lmz"),
+            "-o",
+            str(tmp_path / "s.out"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s.out").read_bytes() == src.read_bytes()
 
@@ -250,12 +321,11 @@ def test_tiny_run_loss_falls_exports_and_round_trips(corpus, tmp_path):
 def test_resume_continues_the_same_run(corpus, tmp_path):
     sets = ("train.warmdown_frac=0", "train.qat_frac=0")
     data = [str(corpus / "train.txt")]
-    run(micro_config(corpus, tmp_path, "train.max_steps=8", *sets), data, None,
-        str(tmp_path / "a"))
-    run(micro_config(corpus, tmp_path, "train.max_steps=5", *sets), data, None,
-        str(tmp_path / "b"))
-    res = run(micro_config(corpus, tmp_path, "train.max_steps=8", *sets), data, None,
-              str(tmp_path / "b"))
+    run(micro_config(corpus, tmp_path, "train.max_steps=8", *sets), data, None, str(tmp_path / "a"))
+    run(micro_config(corpus, tmp_path, "train.max_steps=5", *sets), data, None, str(tmp_path / "b"))
+    res = run(
+        micro_config(corpus, tmp_path, "train.max_steps=8", *sets), data, None, str(tmp_path / "b")
+    )
     assert res["step"] == 8
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(b) == list(range(1, 9))
@@ -286,23 +356,50 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
     data = [str(corpus / "train.txt")]
     cfg = micro_config(corpus, tmp_path, *sets)
     run(cfg, data, None, str(tmp_path / "one"))  # also prepares the shared cache
-    args = [sys.executable, "-m", "trainer", "--preset", "tiny", "--data", data[0],
-            "--run-dir", str(tmp_path / "two")]
+    args = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "--preset",
+        "tiny",
+        "--data",
+        data[0],
+        "--run-dir",
+        str(tmp_path / "two"),
+    ]
     for kv in [
-        f"data.tokenizer={corpus / 'tok.model'}", f"data.cache_dir={tmp_path}",
-        "data.doc_bytes=1024", "data.val_fraction=0.1", "model.vocab_size=320",
-        "model.d_model=32", "model.seq_len=32", "train.global_batch_tokens=256",
-        "train.micro_batch_seqs=4", "train.threads=1", "eval.max_tokens=2048", *sets,
+        f"data.tokenizer={corpus / 'tok.model'}",
+        f"data.cache_dir={tmp_path}",
+        "data.doc_bytes=1024",
+        "data.val_fraction=0.1",
+        "model.vocab_size=320",
+        "model.d_model=32",
+        "model.seq_len=32",
+        "train.global_batch_tokens=256",
+        "train.micro_batch_seqs=4",
+        "train.threads=1",
+        "eval.max_tokens=2048",
+        *sets,
     ]:
         args += ["--set", kv]
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert "2 procs x 1 accum x 4 seqs" in outs[0]

@@ -21,16 +21,39 @@ from lmzip.errors import LmzipError
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", required=True, help="tiny, cpu, golf-baseline or golf-plus")
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
-              help="corpus file(s): .txt, .zst, .jsonl, .parquet or golf .bin shards (repeat)")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="model container to write at the end (.lmzm)")
-@click.option("--run-dir", default=None, type=click.Path(file_okay=False),
-              help="checkpoints, logs and config (default: OUT.run); resumes if it has a ckpt")
-@click.option("--tokenizer", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="sentencepiece .model to use (same as --set data.tokenizer=PATH)")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a config field, e.g. --set train.max_seconds=600 (repeat)")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True),
+    help="corpus file(s): .txt, .zst, .jsonl, .parquet or golf .bin shards (repeat)",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="model container to write at the end (.lmzm)",
+)
+@click.option(
+    "--run-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="checkpoints, logs and config (default: OUT.run); resumes if it has a ckpt",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="sentencepiece .model to use (same as --set data.tokenizer=PATH)",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config field, e.g. --set train.max_seconds=600 (repeat)",
+)
 @click.option("--print-config", is_flag=True, help="print the resolved config and exit")
 def main(preset, data, out, run_dir, tokenizer, overrides, print_config):
     """Train a GPT on text and export it as an lmzip model.

@@ -14,7 +14,6 @@ import typing
 from dataclasses import dataclass, field
 
 from lmzip.model import ModelConfig
-
 from trainer import presets as _presets_pkg
 
 
@@ -155,8 +154,9 @@ def _replace_path(obj, path: list[str], key: str, text: str):
     if dataclasses.is_dataclass(typ):
         if len(path) == 1:
             raise ValueError(f"--set {key}: {name!r} is a section; set one of its fields")
-        return dataclasses.replace(obj, **{name: _replace_path(getattr(obj, name), path[1:], key,
-                                                               text)})
+        return dataclasses.replace(
+            obj, **{name: _replace_path(getattr(obj, name), path[1:], key, text)}
+        )
     if len(path) > 1:
         raise ValueError(f"--set {key}: {name!r} is not a section")
     return dataclasses.replace(obj, **{name: _parse_value(key, text, typ)})

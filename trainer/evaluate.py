@@ -17,7 +17,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lmzip.tokenizer import Tokenizer, golf_byte_counts
-
 from trainer.shards import eval_windows
 
 

@@ -22,7 +22,6 @@ from lmzip.errors import LmzipError
 from lmzip.export import model_file_from_gpt
 from lmzip.model import GPT
 from lmzip.tokenizer import Tokenizer
-
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
 from trainer.evaluate import ValSet, evaluate
@@ -33,8 +32,12 @@ def _log(msg: str) -> None:
     print(f"[export] {msg}", file=sys.stderr, flush=True)
 
 
-def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike,
-                      val_tokens: int | None = None, use_ema: bool = True) -> dict:
+def export_checkpoint(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    val_tokens: int | None = None,
+    use_ema: bool = True,
+) -> dict:
     """Write `out`; returns {'bytes', 'bpb_float', 'bpb_quant', ...}. val_tokens=0 skips eval."""
     ck = load_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(ck["config"])
@@ -58,14 +61,17 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike,
         amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.dtype == "bf16")
         for name, qat in (("float", False), ("quant", True)):
             model.set_qat(qat)
-            r = evaluate(model, val, cfg.model.seq_len, stride, cfg.eval.batch_seqs,
-                         torch.device("cpu"), amp)
+            r = evaluate(
+                model, val, cfg.model.seq_len, stride, cfg.eval.batch_seqs, torch.device("cpu"), amp
+            )
             result[f"bpb_{name}"] = round(r["bpb"], 5)
             result["val_tokens"], result["val_bytes"] = r["tokens"], r["bytes"]
         model.set_qat(False)
-        _log(f"val bpb (stride {stride}, {result['val_tokens']:,} tokens): "
-             f"float {result['bpb_float']:.4f}, quantized {result['bpb_quant']:.4f} "
-             f"({time.time() - t0:.0f}s)")
+        _log(
+            f"val bpb (stride {stride}, {result['val_tokens']:,} tokens): "
+            f"float {result['bpb_float']:.4f}, quantized {result['bpb_quant']:.4f} "
+            f"({time.time() - t0:.0f}s)"
+        )
     st = ck["state"]
     provenance = {
         "trainer": "lmzip trainer",
@@ -87,8 +93,10 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike,
     n = save_model(mf, tmp)
     if cfg.export.golf and n >= cfg.export.max_bytes:
         tmp.unlink()
-        raise LmzipError(f"model is {n:,} bytes: a golf model must be under "
-                         f"{cfg.export.max_bytes:,} bytes; not written")
+        raise LmzipError(
+            f"model is {n:,} bytes: a golf model must be under "
+            f"{cfg.export.max_bytes:,} bytes; not written"
+        )
     os.replace(tmp, out)
     result["bytes"] = n
     result["path"] = str(out)
@@ -99,8 +107,12 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike,
 @click.command()
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-@click.option("--val-tokens", type=int, default=None,
-              help="validation tokens for the bpb check (default: the preset's; 0 = skip)")
+@click.option(
+    "--val-tokens",
+    type=int,
+    default=None,
+    help="validation tokens for the bpb check (default: the preset's; 0 = skip)",
+)
 @click.option("--no-ema", is_flag=True, help="export the last weights, not the EMA")
 def main(ckpt: str, out: str, val_tokens: int | None, no_ema: bool) -> None:
     """Quantize a training checkpoint into an lmzip model container.

@@ -27,10 +27,18 @@ def zeropower_via_newtonschulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0,
-                 nesterov: bool = True, backend_steps: int = 5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      nesterov=nesterov, backend_steps=backend_steps))
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        backend_steps: int = 5,
+    ):
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                    "nesterov": nesterov, "backend_steps": backend_steps}  # fmt: skip
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -56,8 +64,7 @@ class Muon(torch.optim.Optimizer):
 def build_optimizers(model: GPT, tcfg) -> list[torch.optim.Optimizer]:
     """[Muon(block matrices), Adam(embedding), Adam(scalars)]; each group keeps its `base_lr`."""
     matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
-    scalars = [p for n, p in model.named_parameters()
-               if p.ndim < 2 or n.startswith("skip_weights")]
+    scalars = [p for n, p in model.named_parameters() if p.ndim < 2 or n.startswith("skip_weights")]
     embed = [model.tok_emb.weight]
     covered = {id(p) for p in matrices + scalars + embed}
     missing = [n for n, p in model.named_parameters() if id(p) not in covered]
@@ -65,8 +72,12 @@ def build_optimizers(model: GPT, tcfg) -> list[torch.optim.Optimizer]:
         raise RuntimeError(f"parameters without an optimizer: {missing}")
     betas = (tcfg.adam_beta1, tcfg.adam_beta2)
     opts = [
-        Muon(matrices, lr=tcfg.matrix_lr, momentum=tcfg.muon_momentum,
-             weight_decay=tcfg.muon_weight_decay),
+        Muon(
+            matrices,
+            lr=tcfg.matrix_lr,
+            momentum=tcfg.muon_momentum,
+            weight_decay=tcfg.muon_weight_decay,
+        ),
         torch.optim.Adam(embed, lr=tcfg.embed_lr, betas=betas, eps=1e-8, fused=False),
         torch.optim.Adam(scalars, lr=tcfg.scalar_lr, betas=betas, eps=1e-8, fused=False),
     ]

@@ -27,7 +27,6 @@ import numpy as np
 from lmzip.data import TEXT_SUFFIXES, _inner_suffix, iter_documents, iter_shard_documents
 from lmzip.errors import LmzipError
 from lmzip.tokenizer import Tokenizer, train_tokenizer
-
 from trainer.config import TrainConfig
 from trainer.shards import ShardWriter
 
@@ -114,7 +113,9 @@ def resolve_tokenizer(cfg: TrainConfig, inputs: list[Path], cache: Path) -> Path
     return out
 
 
-def prepare(cfg: TrainConfig, data: list[str | os.PathLike], cache_dir: str | os.PathLike) -> Prepared:
+def prepare(
+    cfg: TrainConfig, data: list[str | os.PathLike], cache_dir: str | os.PathLike
+) -> Prepared:
     """Tokenize `data` into shards under `cache_dir` (or reuse them); returns where they are."""
     inputs = [Path(p) for p in data]
     for p in inputs:
@@ -137,7 +138,11 @@ def prepare(cfg: TrainConfig, data: list[str | os.PathLike], cache_dir: str | os
         PREPARE_VERSION,
         [_file_key(p) for p in inputs],
         hashlib.sha256(tok.model_bytes).hexdigest(),
-        d.doc_bytes, d.val_fraction, d.split_seed, d.shard_tokens, d.text_field,
+        d.doc_bytes,
+        d.val_fraction,
+        d.split_seed,
+        d.shard_tokens,
+        d.text_field,
     ]
     key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:12]
     stem = inputs[0].name.split(".")[0]
@@ -146,8 +151,12 @@ def prepare(cfg: TrainConfig, data: list[str | os.PathLike], cache_dir: str | os
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         return Prepared(
-            str(tok_path), [str(out / f) for f in meta["train"]], [str(out / f) for f in meta["val"]],
-            meta["n_train_tokens"], meta["n_val_tokens"], str(out),
+            str(tok_path),
+            [str(out / f) for f in meta["train"]],
+            [str(out / f) for f in meta["val"]],
+            meta["n_train_tokens"],
+            meta["n_val_tokens"],
+            str(out),
         )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -201,6 +210,10 @@ def prepare(cfg: TrainConfig, data: list[str | os.PathLike], cache_dir: str | os
         f"({train_w.n_docs} docs), {val_w.n_tokens:,} val tokens ({val_w.n_docs} docs)"
     )
     return Prepared(
-        str(tok_path), [str(p) for p in train_w.paths], [str(p) for p in val_w.paths],
-        train_w.n_tokens, val_w.n_tokens, str(out),
+        str(tok_path),
+        [str(p) for p in train_w.paths],
+        [str(p) for p in val_w.paths],
+        train_w.n_tokens,
+        val_w.n_tokens,
+        str(out),
     )

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lmzip.model import GPT, ModelConfig
-
+from lmzip.model import GPT
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.evaluate import ValSet, evaluate
 from trainer.optim import build_optimizers
-from trainer.prepare import Prepared, prepare
+from trainer.prepare import prepare
 from trainer.shards import BatchSampler, TokenSource, val_stream
 
 
@@ -94,7 +93,11 @@ def progress_of(cfg: TrainConfig, step: int, seconds: float) -> float:
 def _versions() -> dict:
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -177,18 +180,24 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
                 e.copy_(v)
         state = ck["state"]
         if dd.master:
-            _log(f"resumed {ckpt_path} at step {state['step']} "
-                 f"({state['train_seconds']:.0f}s, {state['tokens']:,} tokens)")
+            _log(
+                f"resumed {ckpt_path} at step {state['step']} "
+                f"({state['train_seconds']:.0f}s, {state['tokens']:,} tokens)"
+            )
     model.set_qat(state["qat"])
     if dd.master:
         (run_path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         versions = _versions() | {"world_size": dd.world, "device": str(device)}
         (run_path / "versions.json").write_text(json.dumps(versions, indent=1))
-        _log(f"model {cfg.model.n_params():,} params | {len(prep.train)} train shards, "
-             f"{source.n_tokens:,} tokens, {source.n_windows:,} windows | val {len(val):,} tokens")
-        _log(f"batch: {global_seqs} seqs x {cfg.model.seq_len} = {t.global_batch_tokens:,} "
-             f"tokens/step = {dd.world} procs x {accum} accum x {micro} seqs | {device} "
-             f"{t.dtype} | {torch.get_num_threads()} threads")
+        _log(
+            f"model {cfg.model.n_params():,} params | {len(prep.train)} train shards, "
+            f"{source.n_tokens:,} tokens, {source.n_windows:,} windows | val {len(val):,} tokens"
+        )
+        _log(
+            f"batch: {global_seqs} seqs x {cfg.model.seq_len} = {t.global_batch_tokens:,} "
+            f"tokens/step = {dd.world} procs x {accum} accum x {micro} seqs | {device} "
+            f"{t.dtype} | {torch.get_num_threads()} threads"
+        )
 
     fwd = model
     use_compile = t.compile == "on" or (t.compile == "auto" and device_kind == "cuda")
@@ -200,25 +209,46 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         )
     amp = (
         (lambda: torch.autocast(device_kind, dtype=torch.bfloat16))
-        if t.dtype == "bf16" else contextlib.nullcontext
+        if t.dtype == "bf16"
+        else contextlib.nullcontext
     )
-    metrics = open(run_path / "metrics.jsonl", "a") if dd.master else None
+    # appended across resumes; closed when the loop ends
+    metrics = open(run_path / "metrics.jsonl", "a") if dd.master else None  # noqa: SIM115
 
     def checkpoint() -> None:
         if dd.master:
-            save_checkpoint(ckpt_path, {
-                "version": 1, "config": cfg.to_dict(), "model": model.state_dict(),
-                "optims": [o.state_dict() for o in opts], "ema": ema, "state": dict(state),
-                "prepared": asdict(prep), "data": [str(p) for p in data],
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "version": 1,
+                    "config": cfg.to_dict(),
+                    "model": model.state_dict(),
+                    "optims": [o.state_dict() for o in opts],
+                    "ema": ema,
+                    "state": dict(state),
+                    "prepared": asdict(prep),
+                    "data": [str(p) for p in data],
+                },
+            )
         dd.barrier()
 
     def validate() -> dict:
-        r = evaluate(model, val, cfg.model.seq_len, cfg.model.seq_len, cfg.eval.batch_seqs,
-                     device, amp(), dd.rank, dd.world)
+        r = evaluate(
+            model,
+            val,
+            cfg.model.seq_len,
+            cfg.model.seq_len,
+            cfg.eval.batch_seqs,
+            device,
+            amp(),
+            dd.rank,
+            dd.world,
+        )
         if dd.master:
-            _log(f"step {state['step']} | val loss {r['loss']:.4f} bpb {r['bpb']:.4f} "
-                 f"({r['tokens']:,} tokens, {r['bytes']:,} bytes)")
+            _log(
+                f"step {state['step']} | val loss {r['loss']:.4f} bpb {r['bpb']:.4f} "
+                f"({r['tokens']:,} tokens, {r['bytes']:,} bytes)"
+            )
             metrics.write(json.dumps({"step": state["step"], "val": r}) + "\n")
             metrics.flush()
         return r
@@ -281,18 +311,29 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         state["train_seconds"] = dd.max(state["train_seconds"] + time.perf_counter() - t0)
         tok_log += tokens_per_step
         if dd.master:
-            metrics.write(json.dumps({"step": state["step"], "loss": loss_val, "lr_mul": mul,
-                                      "t": round(state["train_seconds"], 3)}) + "\n")
+            metrics.write(
+                json.dumps(
+                    {
+                        "step": state["step"],
+                        "loss": loss_val,
+                        "lr_mul": mul,
+                        "t": round(state["train_seconds"], 3),
+                    }
+                )
+                + "\n"
+            )
             if state["step"] % t.log_every == 0 or state["step"] == 1:
                 now = time.perf_counter()
                 tps = tok_log / max(now - t_log, 1e-9)
                 t_log, tok_log = now, 0
                 prog = progress_of(cfg, state["step"], state["train_seconds"])
                 eta = state["train_seconds"] * (1 - prog) / max(prog, 1e-9)
-                _log(f"step {state['step']} | loss {loss_val:.4f} | lr x{mul:.3f} | "
-                     f"{tps:,.0f} tok/s | {state['tokens']:,} tokens | "
-                     f"{state['train_seconds'] / 60:.1f} min | ETA {eta / 60:.1f} min"
-                     f"{' | qat' if state['qat'] else ''}")
+                _log(
+                    f"step {state['step']} | loss {loss_val:.4f} | lr x{mul:.3f} | "
+                    f"{tps:,.0f} tok/s | {state['tokens']:,} tokens | "
+                    f"{state['train_seconds'] / 60:.1f} min | ETA {eta / 60:.1f} min"
+                    f"{' | qat' if state['qat'] else ''}"
+                )
                 metrics.flush()
         secs = state["train_seconds"]
         if t.val_every_seconds > 0 and secs - last_val >= t.val_every_seconds:
@@ -306,8 +347,13 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
 
     checkpoint()
     final = validate()
-    result = {"step": state["step"], "tokens": state["tokens"], "val": final,
-              "run_dir": str(run_path), "checkpoint": str(ckpt_path)}
+    result = {
+        "step": state["step"],
+        "tokens": state["tokens"],
+        "val": final,
+        "run_dir": str(run_path),
+        "checkpoint": str(ckpt_path),
+    }
     if metrics:
         metrics.close()
     if out and dd.master:
@@ -325,6 +371,3 @@ def model_loss(fwd: torch.nn.Module, xy: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), xy[:, 1:].reshape(-1)
     )
-
-
-__all__ = ["run", "lr_multiplier", "progress_of", "ModelConfig", "Prepared"]

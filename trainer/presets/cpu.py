@@ -6,7 +6,6 @@ Measured on the project machine (2 threads): see trainer/README.md for throughpu
 """
 
 from lmzip.model import ModelConfig
-
 from trainer.config import DataConfig, EvalConfig, TrainConfig, TrainSettings
 
 CONFIG = TrainConfig(

@@ -13,7 +13,6 @@ quantization; the container is about 12 MB, under the 16,000,000-byte limit.
 """
 
 from lmzip.model import ModelConfig
-
 from trainer.config import DataConfig, EvalConfig, ExportConfig, TrainConfig, TrainSettings
 
 CONFIG = TrainConfig(

@@ -14,7 +14,6 @@ container about 14.5 MB, checked against the 16,000,000-byte limit at export.
 import dataclasses
 
 from lmzip.model import ModelConfig
-
 from trainer.config import EvalConfig
 from trainer.presets.golf_baseline import CONFIG as BASE
 

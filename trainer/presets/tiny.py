@@ -4,16 +4,13 @@ Expected: loss falls from ~6.9 (ln 1024) to ~5 in 40 steps; bpb is poor (~3.5) a
 """
 
 from lmzip.model import ModelConfig
-
 from trainer.config import DataConfig, EvalConfig, TrainConfig, TrainSettings
 
 CONFIG = TrainConfig(
     model=ModelConfig(
         vocab_size=1024, n_layer=2, d_model=64, n_head=2, n_kv_head=1, mlp_mult=2, seq_len=64
     ),
-    data=DataConfig(
-        tokenizer_sample_bytes=2_000_000, doc_bytes=4096, val_fraction=0.05
-    ),
+    data=DataConfig(tokenizer_sample_bytes=2_000_000, doc_bytes=4096, val_fraction=0.05),
     train=TrainSettings(
         global_batch_tokens=2048,
         max_steps=40,
