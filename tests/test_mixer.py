@@ -231,7 +231,7 @@ def _reference_cost(p_all, toks, prm):
         S = [0]
         for v in p:
             S.append(S[-1] + v)
-        tokf = lambda j: t[j] if j >= 0 else 65536  # noqa: E731
+        tokf = lambda j: t[j] if j >= 0 else 65536
         ctx = []
         for k in prm.orders:
             h = (k * M2) & MASK
