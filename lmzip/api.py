@@ -547,3 +547,134 @@ def default_output(input: str, decompress: bool) -> str:
     if not input.endswith(".lmz"):
         raise LmzipError(f"{input}: does not end in .lmz; give the output name with -o")
     return input[: -len(".lmz")]
+
+
+# ---------------------------------------------------------------------------------------------
+# verify: reported bits per byte against real compressed bytes.
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker_verify(args):
+    """Per chunk: both payloads, their ideal costs, and the float reference's nats."""
+    from lmzip.export import gpt_from_model_file
+    from lmzip.model import token_nll
+    from lmzip.tokenizer import golf_byte_counts
+
+    raws, precision, mixer_bytes, batch = args
+    lm = _WORKER["model"]
+    if "reference" not in _WORKER:
+        _WORKER["reference"] = gpt_from_model_file(lm.mf)
+    mixer = MixerParams.from_bytes(mixer_bytes)
+    bos, seg = lm.tokenizer.bos_id, lm.engine.window - 1
+    out = []
+    for raw in raws:
+        c = encode_chunk(lm, raw, precision, mixer, batch)
+        nats, golf = 0.0, 0
+        segs = [c.tokens[a:b] for a, b in _segments(len(c.tokens), seg)]
+        for i in range(0, len(segs), batch):
+            group = segs[i : i + batch]
+            inp = _window_inputs(lm, group)
+            full = torch.cat([inp, torch.zeros(len(group), 1, dtype=torch.int64)], dim=1)
+            for j, s in enumerate(group):
+                full[j, 1 : len(s) + 1] = torch.from_numpy(s.astype(np.int64))
+            nll = token_nll(_WORKER["reference"], full)
+            for j, s in enumerate(group):
+                nats += float(nll[j, : len(s)].sum())
+                golf += int(golf_byte_counts(lm.tokenizer, np.r_[bos, s])[1:].sum())
+        out.append((c.lm_payload, c.mix_payload, len(c.tokens), c.lm_bits, nats, golf))
+    return out
+
+
+def _verify_inputs(path: str, tok: Tokenizer) -> bytes:
+    """The bytes verify measures: a file as is; .jsonl texts and .bin shard documents joined."""
+    from lmzip import data
+
+    if path.endswith(".bin"):
+        return b"".join(tok.decode(d) for d in data.iter_shard_documents(path, tok.bos_id))
+    if path.endswith((".jsonl", ".jsonl.zst")):
+        with data.open_bytes(path) as f:
+            return b"".join(data.iter_jsonl(f))
+    with open(_open_input(path).name, "rb") as f:
+        return f.read()
+
+
+def verify_file(path: str, lm: LoadedModel, opts: CodingOptions) -> dict:
+    """Compress `path` in both modes, decompress both files, and compare every measure."""
+    import io
+
+    raw = _verify_inputs(path, lm.tokenizer)
+    mixer = MixerParams()
+    chunks = [raw[i : i + opts.chunk_size] for i in range(0, len(raw), opts.chunk_size)]
+    jobs = ((g, opts.precision, mixer.to_bytes(), opts.batch_size)
+            for g in _groups(iter(chunks), opts.batch_size))  # fmt: skip
+    workers = opts.workers(max(1, len(chunks) // opts.batch_size))
+    results = [r for group in _run_ordered(_worker_verify, jobs, workers, lm, opts.threads or 2)
+               for r in group]  # fmt: skip
+    files = {}
+    for mode in ("mixed", "lm_only"):
+        params = stream.StreamParams(lm.model_id, lm.mf.numerics_version, opts.precision,
+                                     opts.chunk_size, lm.engine.window,
+                                     mixer.to_bytes() if mode == "mixed" else b"")  # fmt: skip
+        buf = io.BytesIO()
+        w = stream.StreamWriter(buf, params)
+        for rawc, (lm_pay, mix_pay, ntok, *_) in zip(chunks, results):
+            opts_ = [
+                (len(rawc), stream.METHOD_STORED, rawc),
+                (len(lm_pay), stream.METHOD_LM, lm_pay),
+            ]
+            if mode == "mixed":
+                opts_.append((len(mix_pay), stream.METHOD_MIXED, mix_pay))
+            _, method, pay = min(opts_, key=lambda o: (o[0], o[1]))
+            n = 0 if method == stream.METHOD_STORED else ntok
+            w.add_chunk(stream.ChunkRecord(method, len(rawc), n, len(pay),
+                                           stream.chunk_checksum(rawc)), pay)  # fmt: skip
+        h = stream.ContentHasher()
+        h.update(raw)
+        w.finish(len(raw), h.digest())
+        files[mode] = buf.getvalue()
+    ok = {}
+    for mode, blob in files.items():
+        out = io.BytesIO()
+        decompress_stream(io.BytesIO(blob), out.write, lm, opts)
+        ok[mode] = out.getvalue() == raw
+    n = max(1, len(raw))
+    tokens = sum(r[2] for r in results)
+    golf = sum(r[5] for r in results)
+    lm_bits = sum(r[3] for r in results)
+    mix_bits = sum(8.0 * len(r[1]) for r in results)
+    return {
+        "file": path,
+        "bytes": len(raw),
+        "tokens": tokens,
+        "golf_bytes": golf,
+        # the float reference over the same bytes; model_bpb_golf uses the Parameter Golf byte
+        # rule, which counts every U+2581 after the first of a piece as 3 bytes (golf's
+        # tokenizers have no such pieces, lmzip's whitespace pieces do)
+        "model_bpb": sum(r[4] for r in results) / math.log(2) / n,
+        "model_bpb_golf": sum(r[4] for r in results) / math.log(2) / max(1, golf),
+        "engine_bpb": lm_bits / n,
+        "mixed_bpb": mix_bits / n,
+        "real_bpb": 8 * len(files["mixed"]) / n,
+        "real_bpb_lm_only": 8 * len(files["lm_only"]) / n,
+        "compressed_bytes": len(files["mixed"]),
+        "compressed_bytes_lm_only": len(files["lm_only"]),
+        "roundtrip_ok": ok["mixed"] and ok["lm_only"],
+    }
+
+
+def verify(paths: list[str], model: str | None = None, opts: CodingOptions = None) -> dict:
+    opts = opts or CodingOptions()
+    lm = load_model(model)
+    rows = [verify_file(p, lm, opts) for p in paths]
+    tot = {k: sum(r[k] for r in rows) for k in ("bytes", "tokens", "golf_bytes",
+                                                "compressed_bytes", "compressed_bytes_lm_only")}  # fmt: skip
+    n = max(1, tot["bytes"])
+    for k, src in (("engine_bpb", "engine_bpb"), ("mixed_bpb", "mixed_bpb")):
+        tot[k] = sum(r[src] * r["bytes"] for r in rows) / n
+    tot["model_bpb"] = sum(r["model_bpb"] * r["golf_bytes"] for r in rows) / max(
+        1, tot["golf_bytes"]
+    )
+    tot["real_bpb"] = 8 * tot["compressed_bytes"] / n
+    tot["real_bpb_lm_only"] = 8 * tot["compressed_bytes_lm_only"] / n
+    tot["roundtrip_ok"] = all(r["roundtrip_ok"] for r in rows)
+    return {"model_id": lm.mf.model_id, "files": rows, "total": tot}

@@ -155,3 +155,37 @@ def decompress(input, output, model, threads, batch_size, force, quiet, test):
         prog.close()
     if test and not quiet:
         click.echo(f"{input}: OK", err=True)
+
+
+@main.command(
+    epilog="\b\nExample:\n  lmzip verify --json notes.txt docs.jsonl fineweb_val_000000.bin"
+)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-m", "--model", type=click.Path(dir_okay=False),
+              help="Model container (.lmzm). Default: the model shipped with lmzip.")  # fmt: skip
+@click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Worker processes (0 = one per core).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(files, model, threads, as_json):
+    """Compress and decompress each FILE and compare the model's bits per byte with real bytes.
+
+    \b
+    model_bpb   float reference model (dequantized weights) over the same bytes
+                (--json adds model_bpb_golf, with the Parameter Golf byte rule)
+    engine_bpb  ideal code length of the exact engine's tables (language model alone)
+    mixed_bpb   coded size of the model mixed with the adaptive models (payloads only)
+    real_bpb    8 x .lmz file bytes / input bytes (default mode); real_bpb_lm_only: --lm-only
+    FILE may be text/bytes, .jsonl (a "text" field per line) or a Parameter Golf .bin shard.
+    """
+    result = api.verify(list(files), model, api.CodingOptions(threads=threads))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    cols = ["bytes", "tokens", "model_bpb", "engine_bpb", "mixed_bpb", "real_bpb",
+            "real_bpb_lm_only", "roundtrip_ok"]  # fmt: skip
+    click.echo("file\t" + "\t".join(cols))
+    for row in result["files"] + [dict(result["total"], file="TOTAL")]:
+        vals = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        click.echo(row["file"] + "\t" + "\t".join(vals))
+    if not result["total"]["roundtrip_ok"]:
+        raise LmzipError("round trip FAILED")
