@@ -189,7 +189,7 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     return head, body, hist
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
 def _cost_block(head, body, hist, p_block, toks, out_bits):
     """Ideal code length of each token in bits (floats only here, for reporting)."""
     B = head[H_B]
@@ -210,7 +210,7 @@ def _cost_block(head, body, hist, p_block, toks, out_bits):
         out_bits[i] = bits
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
 def _encode_block(head, body, hist, p_block, toks, cst, out):
     """Code toks[i] with LM vector p_block[i]; returns bytes written to out (spec 5.2)."""
     B = head[H_B]
@@ -234,7 +234,7 @@ def _encode_block(head, body, hist, p_block, toks, cst, out):
     return pos
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
 def mix_decode_token(head, body, hist, cst, data, p):
     """Decode one token given the LM vector p (int64[V]); callable from other numba loops.
 

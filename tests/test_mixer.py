@@ -1,6 +1,7 @@
 """Mixer: round trips, decoder/encoder agreement, determinism, params, memory, cost accuracy."""
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -86,6 +87,8 @@ def test_determinism_and_interleaved_decoders():
     chunks = [(lm_vectors(rng, n, V, "mixed"), correlated_tokens(rng, n, V)) for _ in range(3)]
     payloads = [mix_encode(p, t, SMALL) for p, t in chunks]
     assert payloads == [mix_encode(p, t, SMALL) for p, t in chunks]
+    with ThreadPoolExecutor(3) as pool:  # the coding loops release the GIL
+        assert list(pool.map(lambda c: mix_encode(*c, SMALL), chunks)) == payloads
     # A batch of decoders stepped round-robin, as a batched LM decode loop would.
     decs = [MixDecoder(b, SMALL, V, n) for b in payloads]
     got = [[dec.next(p[i]) for dec, (p, _) in zip(decs, chunks)] for i in range(n)]
