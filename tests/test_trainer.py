@@ -327,10 +327,18 @@ def test_resume_continues_the_same_run(corpus, tmp_path):
         micro_config(corpus, tmp_path, "train.max_steps=8", *sets), data, None, str(tmp_path / "b")
     )
     assert res["step"] == 8
-    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    # untimed warmup steps (torch.compile's) restore the weights: the run is unchanged
+    run(
+        micro_config(corpus, tmp_path, "train.max_steps=8", "train.compile_warmup_steps=3", *sets),
+        data,
+        None,
+        str(tmp_path / "c"),
+    )
+    a, b, c = losses(tmp_path / "a"), losses(tmp_path / "b"), losses(tmp_path / "c")
     assert sorted(b) == list(range(1, 9))
     for k in range(1, 9):
         assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-6)
+        assert c[k] == pytest.approx(a[k], rel=1e-6, abs=1e-6)
 
 
 def test_hand_made_golf_shards_train(corpus, tmp_path):

@@ -53,6 +53,7 @@ class TrainSettings:
     dtype: str = "bf16"  # autocast dtype: "bf16" or "fp32"
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda"
     compile: str = "auto"  # torch.compile: "auto" (on for cuda), "on", "off"
+    compile_warmup_steps: int = 0  # untimed steps before training, then weights are restored
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
     log_every: int = 10  # print a progress line every this many steps
     val_every_seconds: float = 600.0  # validate this often (training time); 0 = only at the end

@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__":  # before torch loads OpenMP; see trainer/__main__.py for why
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import click
 import torch
 
@@ -48,7 +51,9 @@ def export_checkpoint(
         with torch.no_grad():
             for p, e in zip(model.parameters(), ema):
                 p.copy_(e)
-    model.eval()
+    # the final evaluation may cover all of golf val (~62M tokens): use the GPU when there is one
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
     prep = ck["prepared"]
     tok = Tokenizer.load(prep["tokenizer_path"])
     limit = cfg.eval.final_max_tokens if val_tokens is None else val_tokens
@@ -58,12 +63,10 @@ def export_checkpoint(
         val = ValSet(val_stream(prep["val"], limit), tok)
         t0 = time.time()
         # the run's own autocast dtype: bf16 halves this on CPU and moves bpb by ~1e-3 at most
-        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.dtype == "bf16")
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.dtype == "bf16")
         for name, qat in (("float", False), ("quant", True)):
             model.set_qat(qat)
-            r = evaluate(
-                model, val, cfg.model.seq_len, stride, cfg.eval.batch_seqs, torch.device("cpu"), amp
-            )
+            r = evaluate(model, val, cfg.model.seq_len, stride, cfg.eval.batch_seqs, device, amp)
             result[f"bpb_{name}"] = round(r["bpb"], 5)
             result["val_tokens"], result["val_bytes"] = r["tokens"], r["bytes"]
         model.set_qat(False)
@@ -87,7 +90,7 @@ def export_checkpoint(
         "val_stride": stride,
         "val_tokens": result.get("val_tokens"),
     }
-    mf = model_file_from_gpt(model, tok.model_bytes, provenance)
+    mf = model_file_from_gpt(model.cpu(), tok.model_bytes, provenance)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.export-tmp")
     n = save_model(mf, tmp)

@@ -34,6 +34,7 @@ CONFIG = TrainConfig(
         scalar_lr=0.04,
         dtype="bf16",
         compile="auto",
+        compile_warmup_steps=20,
         log_every=50,
         val_every_seconds=0,
         ckpt_every_seconds=120,
