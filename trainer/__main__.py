@@ -6,6 +6,7 @@ Also under torchrun: `torchrun --nproc_per_node=8 -m trainer --preset golf-basel
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import sys
 
@@ -26,8 +27,7 @@ from lmzip.errors import LmzipError
     "data",
     multiple=True,
     required=True,
-    type=click.Path(exists=True),
-    help="corpus file(s): .txt, .zst, .jsonl, .parquet or golf .bin shards (repeat)",
+    help="corpus file or quoted glob: .txt, .zst, .jsonl, .parquet, golf .bin shards (repeat)",
 )
 @click.option(
     "--out",
@@ -74,15 +74,32 @@ def main(preset, data, out, run_dir, tokenizer, overrides, print_config):
 
         click.echo(json.dumps(cfg.to_dict(), indent=1))
         return
+    paths = expand_data(data)
     if out is None and run_dir is None:
         raise click.UsageError("give --out or --run-dir")
     from trainer.train import run
 
     try:
-        run(cfg, list(data), out, run_dir or f"{out}.run")
+        run(cfg, paths, out, run_dir or f"{out}.run")
     except (LmzipError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+
+
+def expand_data(patterns) -> list[str]:
+    """Paths in order given; a pattern with wildcards expands to its sorted matches."""
+    paths = []
+    for pat in patterns:
+        if glob.has_magic(pat):
+            hits = sorted(glob.glob(pat))
+            if not hits:
+                raise click.BadParameter(f"no file matches {pat!r}", param_hint="--data")
+            paths += hits
+        elif not os.path.isfile(pat):
+            raise click.BadParameter(f"no such file: {pat}", param_hint="--data")
+        else:
+            paths.append(pat)
+    return paths
 
 
 if __name__ == "__main__":
