@@ -1,6 +1,7 @@
 """tiny: a 2-layer d64 model that trains on CPU in seconds (tests, smoke runs).
 
-Expected: loss falls from ~6.9 (ln 1024) to ~5 in 40 steps; bpb is poor (~3.5) and irrelevant.
+Expected (lee_news, own tokenizer): loss 6.93 (ln 1024) -> ~4.7 in 40 steps, val bpb ~2.44,
+~10 s on 2 CPU cores; the numbers are irrelevant, that it runs end to end is the point.
 """
 
 from lmzip.model import ModelConfig
