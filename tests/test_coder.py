@@ -216,6 +216,17 @@ def test_corrupt_input_never_crashes(data, p, seed):
     assert dst[0] <= MASK48 and 1 << 40 <= dst[1] <= MASK48
 
 
+def test_target_is_clamped():
+    # code >= range happens only when the first six bytes are all 0xFF (a valid stream's first
+    # window is below 2^48 - 1); target would be 2^P there, one past the table.
+    for p in (1, 8, 24):
+        data = np.frombuffer(b"\xff" * 6 + b"\x12\x34", dtype=np.uint8)
+        dst = coder.dec_new(data)
+        assert coder.dec_target(dst, p) == (1 << p) - 1
+        syms, _ = coder.decode_symbols(data, [0, 1 << (p - 1), 1 << p], 50, p)
+        assert syms[0] == 1 and set(syms) <= {0, 1}
+
+
 def test_small_buffer_is_never_overrun():
     st_ = coder.enc_new()
     backing = np.zeros(200, dtype=np.uint8)
