@@ -180,7 +180,8 @@ def dec_position(st):
 def encode_symbols(cum, freq, P):
     """Encode arrays cum[N], freq[N] at one precision; returns the stream as uint8[:]."""
     n = cum.shape[0]
-    out = np.empty(n * ((P + 7) // 8) + FLUSH_BYTES, dtype=np.uint8)
+    # int64 on purpose: a uint64 P would turn the size into float64 (numba's mixed-sign rule).
+    out = np.empty(n * ((np.int64(P) + 7) // 8) + FLUSH_BYTES, dtype=np.uint8)
     st = enc_new()
     pos = 0
     for i in range(n):
