@@ -60,6 +60,14 @@ def streams(draw, precisions=(1, 2, 8, 12, 16, 23, 24)):
     return p, freq, syms
 
 
+def assert_size_bounds(size, freqs, precisions):
+    # Spec section 7: ideal/8 + 5 <= size <= ideal/8 + sum(e(P))/8 + 6, e = -log2(1 - 2^(P-40)).
+    freqs, precisions = np.asarray(freqs, np.float64), np.asarray(precisions, np.float64)
+    ideal = float(np.sum(precisions - np.log2(freqs))) / 8
+    slack = float(np.sum(-np.log2(1 - 2.0 ** (precisions - 40)))) / 8
+    assert ideal + 5 - 1e-6 <= size <= ideal + slack + 6 + 1e-6
+
+
 def roundtrip_all_apis(p, freq, syms):
     """Encode with both encoder APIs, decode with all three decoder APIs; return the stream."""
     cum = cumtable(freq)
@@ -70,6 +78,7 @@ def roundtrip_all_apis(p, freq, syms):
     enc.encode_array(cum[syms[len(syms) // 2 :]], freq[syms[len(syms) // 2 :]])
     assert enc.finish() == data
     assert len(data) <= coder.max_encoded_size(len(syms), p)
+    assert_size_bounds(len(data), freq[syms], [p] * len(syms))
 
     out, overrun = coder.decode_symbols(data, cum, len(syms), p)
     assert overrun == 0 and np.array_equal(out, syms)
@@ -132,6 +141,7 @@ def test_mixed_precision_stream(items):
         pos = coder.enc_put(st_, out, pos, c, f, p)
     data = out[: coder.enc_finish(st_, out, pos)]
     assert data.tobytes() == ref_bigint(cums, freqs, ps)
+    assert_size_bounds(len(data), freqs, ps)
     dst = coder.dec_new(data)
     for c, f, p in zip(cums, freqs, ps):
         assert c <= coder.dec_target(dst, p) < c + f
