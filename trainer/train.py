@@ -361,11 +361,11 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         if t.val_every_seconds > 0 and secs - last_val >= t.val_every_seconds:
             validate()
             last_val = secs
-            t_log = time.perf_counter()
+            t_log, tok_log = time.perf_counter(), 0  # keep eval time out of tokens/s
         if t.ckpt_every_seconds > 0 and secs - last_ckpt >= t.ckpt_every_seconds:
             checkpoint()
             last_ckpt = secs
-            t_log = time.perf_counter()
+            t_log, tok_log = time.perf_counter(), 0  # keep eval time out of tokens/s
 
     checkpoint()
     final = validate()
