@@ -6,12 +6,15 @@ hash of its bytes: the split depends on nothing but the document and `data.split
 document can never be in both, whatever order or process reads it. Golf shards named `*_val_*` /
 `*_train_*` (the challenge's own data) are used in place without copying.
 
+    python -m trainer.prepare --data corpus.txt.zst --cache-dir data/shards [--tokenizer sp.model]
+
 The cache directory is keyed by a hash of the inputs (path, size, mtime), the tokenizer and the
 split settings; `meta.json` is written last, so a prepared cache is complete or absent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 
 from lmzip.data import TEXT_SUFFIXES, _inner_suffix, iter_documents, iter_shard_documents
@@ -217,3 +221,32 @@ def prepare(
         val_w.n_tokens,
         str(out),
     )
+
+
+@click.command()
+@click.option("--preset", default="cpu", show_default=True, help="preset whose data settings apply")
+@click.option("--data", "data", multiple=True, required=True, help="corpus file (repeat)")
+@click.option("--cache-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--tokenizer", default=None, type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def main(preset, data, cache_dir, tokenizer, overrides):
+    """Tokenize corpora into golf-format train/val shards (what training does first, cached).
+
+    Example: python -m trainer.prepare --data corpus.txt.zst --cache-dir data/shards
+    """
+    from trainer.config import apply_overrides, load_preset
+
+    sets = list(overrides) + ([f"data.tokenizer={tokenizer}"] if tokenizer else [])
+    try:
+        cfg = apply_overrides(load_preset(preset), sets)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        p = prepare(cfg, list(data), cache_dir)
+    except LmzipError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(dataclasses.asdict(p), indent=1))
+
+
+if __name__ == "__main__":
+    main()
