@@ -211,6 +211,8 @@ def main():
             "quick": args.quick,
             "params": prm.to_bytes().hex(),
             "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+            "loadavg_end": os.getloadavg(),  # speeds are only comparable on a quiet machine
             "tokenizer": TOKENIZER,
             "stand_in_train": "train_mix, 24 x 1 MB evenly spaced",
         }
