@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lmzip import rowops
 from lmzip.container import ModelFile
 from lmzip.errors import FormatError, VersionError
 from lmzip.kernels import MatMul
@@ -36,6 +37,7 @@ RES_MAX = (1 << 25) - 1  # residual clamp, Q12 (|x| < 8192)
 QK_MAX = (1 << 24) - 1  # q, k clamp before QK-norm, Q12
 V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
+I64_MAX = (1 << 63) - 1
 SCALE_MAX = 1 << 20  # weight scales must be <= 2^-4 (Q24), keeps every product < 2^63
 
 
@@ -62,12 +64,19 @@ class _Linear:
             raise FormatError(f"model tensor {name} has negative scales")
         self.mm = MatMul(torch.from_numpy(vals.astype(np.int8)).t().to(device), qmax, prefer)
         self.rows = torch.from_numpy(vals.astype(np.int8)).to(device)  # for embedding lookups
+        self.ws_np = self.ws.cpu().numpy()
 
-    def __call__(self, a: torch.Tensor, a_scale: torch.Tensor, frac: int) -> torch.Tensor:
-        """a int8 [N, K], a_scale Q24 [N] -> [N, out] in Q(frac). (numerics.md "Linear")"""
+    def __call__(self, a, a_scale, frac: int, lim: int = I64_MAX, fused: bool = False):
+        """a int8 [N, K], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
+        (numerics.md "linear")"""
         acc = self.mm(a)
-        t = rshift_round(acc * a_scale[:, None], 16)  # Q8 of acc * A
-        return rshift_round(t * self.ws[None, :], 32 - frac)
+        if fused:
+            ws = self.ws_np
+            out = rowops.rescale(acc.numpy(), a_scale.numpy(), ws, 32 - frac, -lim, lim)
+            return torch.from_numpy(out)
+        t = rshift_round(acc.long() * a_scale[:, None], 16)  # Q8 of acc * A
+        y = rshift_round(t * self.ws[None, :], 32 - frac)
+        return y if lim == I64_MAX else y.clamp(-lim, lim)
 
 
 @dataclass
@@ -79,7 +88,9 @@ class DecodeState:
 
 
 class Engine:
-    def __init__(self, mf: ModelFile, device: str = "cpu", matmul: str = "auto"):
+    def __init__(
+        self, mf: ModelFile, device: str = "cpu", matmul: str = "auto", fused: bool | None = None
+    ):
         if mf.numerics_version != NUMERICS_VERSION:
             raise VersionError(
                 f"model uses numerics version {mf.numerics_version}; this lmzip supports "
@@ -91,6 +102,8 @@ class Engine:
             raise FormatError(f"model config is invalid: {e}") from None
         self.device = torch.device(device)
         dev = self.device
+        # fused numba kernels on CPU; the torch reference elsewhere (and in tests)
+        self.fused = self.device.type == "cpu" if fused is None else fused
         need = ["tok_emb", "skip_weights", "rope"] + [
             f"blocks.{i}.{n}"
             for i in range(cfg.n_layer)
@@ -135,7 +148,9 @@ class Engine:
             raise FormatError("model tensor skip_weights has the wrong shape")
         self.skip = _q24(skip, "skip_weights", 1 << 30).view(cfg.n_skip, cfg.d_model).to(dev)
         self.cos, self.sin = self._rope_tables(np.asarray(mf.tensors["rope"].values))
+        self.cos_np, self.sin_np = self.cos.cpu().numpy(), self.sin.cpu().numpy()
         self.att_exp = att_exp_table(dev)
+        self.att_np = self.att_exp.cpu().numpy()
 
     # -- tables (numerics.md "RoPE") ------------------------------------------------------------
     def _rope_tables(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,21 +172,29 @@ class Engine:
     # -- row-local operations ---------------------------------------------------------------------
     def _normquant(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RMSNorm + int8 quantization of rows x [N, D] Q12 -> (int8 [N, D], scale Q24 [N])."""
+        if self.fused:
+            a, s = rowops.normquant(x.numpy(), self.sqd)
+            return torch.from_numpy(a), torch.from_numpy(s)
         amax = x.abs().amax(dim=-1)
         r = isqrt((x * x).sum(dim=-1))
         a = div_round(127 * x, amax[:, None]).to(torch.int8)
         scale = div_round(amax * (self.sqd << 8), 127 * r)
         return a, scale
 
-    @staticmethod
-    def _absquant(y: torch.Tensor, frac: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _absquant(self, y: torch.Tensor, frac: int) -> tuple[torch.Tensor, torch.Tensor]:
         """int8 quantization of rows y [N, n] in Q(frac) -> (int8, scale Q24), no norm."""
+        if self.fused:
+            a, s = rowops.absquant(y.numpy(), 24 - frac)
+            return torch.from_numpy(a), torch.from_numpy(s)
         amax = y.abs().amax(dim=-1)
         a = div_round(127 * y, amax[:, None]).to(torch.int8)
         return a, div_round(amax << (24 - frac), torch.full_like(amax, 127))
 
     def _qk(self, y: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """[N, n*E] Q12 at positions pos [N] -> QK-normed, rotated int8 [N, n, E] (scale 1/16)."""
+        if self.fused:
+            out = rowops.qk_rows(y.numpy(), pos.numpy(), self.cos_np, self.sin_np, self.sqe, self.e)
+            return torch.from_numpy(out)
         y = y.clamp(-QK_MAX, QK_MAX).view(y.size(0), -1, self.e)
         r = isqrt((y * y).sum(dim=-1, keepdim=True))
         yn = div_round(y * self.sqe, 16 * r)  # Q12, rms 1 per head
@@ -182,20 +205,26 @@ class Engine:
         r2 = rshift_round(y2 * c - y1 * s, 30)
         return rshift_round(torch.cat([r1, r2], dim=-1), 8).clamp(-127, 127).to(torch.int8)
 
-    def _attend(self, q, k, v, allowed, gain) -> torch.Tensor:
-        """q int8 [B, H, Tq, E], k int8 [B, K, Tk, E], v Q10 [B, K, Tk, E], allowed bool
-        broadcastable to [B, H, Tq, Tk] -> y Q10 [B, Tq, H*E]. (numerics.md "Attention")"""
+    def _attend(self, q, k, v, lim, gain) -> torch.Tensor:
+        """q int8 [B, H, Tq, E], k int8 [B, K, Tk, E], v Q10 [B, K, Tk, E], lim [B, Tq] (query
+        t sees keys j <= lim[b, t]) -> y Q10 [B, Tq, H*E]. (numerics.md "Attention")"""
         b, h, tq, e = q.shape
         g = h // self.kv
         qg = q.reshape(b, self.kv, g * tq, e).float()
-        dot = (qg @ k.float().transpose(-1, -2)).long().view(b, h, tq, -1)  # exact: < 2^24
-        logit = rshift_round(dot * gain[None, :, None, None], 16)  # Q16
-        logit = torch.where(allowed, logit, torch.full_like(logit, -(1 << 62)))
-        delta = logit.amax(dim=-1, keepdim=True) - logit
-        idx = torch.clamp(delta >> 8, max=ATT_EXP_SIZE)
-        w = self.att_exp[idx]
-        p = torch.div(w << 16, w.sum(dim=-1, keepdim=True), rounding_mode="floor")  # Q16
-        pg = p.view(b, self.kv, g * tq, -1).double()
+        dot = (qg @ k.float().transpose(-1, -2)).view(b, h, tq, -1)  # exact integers: < 2^24
+        if self.fused:
+            lim_n = lim[:, None, :].expand(b, h, tq).reshape(b * h, tq).contiguous().numpy()
+            gain_n = gain.repeat(b).numpy()
+            pn = rowops.att_probs(dot.reshape(b * h, tq, -1).numpy(), gain_n, lim_n, self.att_np)
+            pg = torch.from_numpy(pn).view(b, self.kv, g * tq, -1)
+        else:
+            allowed = torch.arange(dot.size(-1), device=dot.device) <= lim[:, None, :, None]
+            logit = rshift_round(dot.long() * gain[None, :, None, None], 16)  # Q16
+            logit = torch.where(allowed, logit, torch.full_like(logit, -(1 << 62)))
+            delta = logit.amax(dim=-1, keepdim=True) - logit
+            w = self.att_exp[torch.clamp(delta >> 8, max=ATT_EXP_SIZE)]
+            p = torch.div(w << 16, w.sum(dim=-1, keepdim=True), rounding_mode="floor")  # Q16
+            pg = p.view(b, self.kv, g * tq, -1).double()
         o = (pg @ v.double()).long().view(b, h, tq, e)  # exact: every sum < 2^53
         return rshift_round(o, 16).transpose(1, 2).reshape(b, tq, h * e)
 
@@ -204,7 +233,7 @@ class Engine:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         a, s = self._normquant(x)
-        logits = self.emb(a, s, 16).clamp(-LOGIT_MAX, LOGIT_MAX)
+        logits = self.emb(a, s, 16, LOGIT_MAX, self.fused)
         return softcap_q16(logits, self.cfg.logit_softcap)
 
     def _layers(self, x, pos, attn_fn) -> torch.Tensor:
@@ -214,16 +243,17 @@ class Engine:
             if i >= n_enc and skips:
                 x = x + rshift_round(skips.pop() * self.skip[i - n_enc][None, :], 24)
             a, s = self._normquant(x)
-            q = self._qk(lay["attn.q"](a, s, 12), pos)
-            k = self._qk(lay["attn.k"](a, s, 12), pos)
-            v = lay["attn.v"](a, s, 10).clamp(-V_MAX, V_MAX).view(-1, self.kv, self.e)
+            fu = self.fused
+            q = self._qk(lay["attn.q"](a, s, 12, I64_MAX, fu), pos)
+            k = self._qk(lay["attn.k"](a, s, 12, I64_MAX, fu), pos)
+            v = lay["attn.v"](a, s, 10, V_MAX, fu).view(-1, self.kv, self.e)
             y = attn_fn(i, q, k, v, lay["gain"])
             a, s = self._absquant(y, 10)
-            x = (x + lay["attn.o"](a, s, 12)).clamp(-RES_MAX, RES_MAX)
+            x = (x + lay["attn.o"](a, s, 12, I64_MAX, fu)).clamp(-RES_MAX, RES_MAX)
             a, s = self._normquant(x)
-            hid = lay["mlp.up"](a, s, 12).clamp(-QK_MAX, QK_MAX).clamp(min=0)
+            hid = lay["mlp.up"](a, s, 12, QK_MAX, fu).clamp(min=0)
             a, s = self._absquant(hid * hid, 24)
-            x = (x + lay["mlp.down"](a, s, 12)).clamp(-RES_MAX, RES_MAX)
+            x = (x + lay["mlp.down"](a, s, 12, I64_MAX, fu)).clamp(-RES_MAX, RES_MAX)
             if i < n_enc:
                 skips.append(x)
         return x
@@ -238,7 +268,7 @@ class Engine:
             raise ValueError(f"window of {t} tokens exceeds the model's {self.window}")
         windows = windows.to(self.device)
         pos = torch.arange(t, device=self.device).repeat(n)
-        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril()[None, None]
+        causal = torch.arange(t, device=self.device)[None, :].expand(n, t)
 
         def attn(i, q, k, v, gain):
             q = q.view(n, t, self.h, self.e).transpose(1, 2)
@@ -265,13 +295,12 @@ class Engine:
         tokens, pos = tokens.to(self.device), pos.to(self.device)
         rows = torch.arange(b, device=self.device)
         tk = int(pos.max()) + 1
-        allowed = (torch.arange(tk, device=self.device)[None, :] <= pos[:, None])[:, None, None]
 
         def attn(i, q, k, v, gain):
             state.k[i][rows, :, pos] = k
             state.v[i][rows, :, pos] = v.int()
             kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk].long()
-            return self._attend(q[:, :, None], kc, vc, allowed, gain).reshape(b, -1)
+            return self._attend(q[:, :, None], kc, vc, pos[:, None], gain).reshape(b, -1)
 
         x = self._layers(self._embed(tokens), pos, attn)
         return self._logits(x)

@@ -41,8 +41,8 @@ def _mm_int(a: torch.Tensor, w: torch.Tensor, wmax: int) -> torch.Tensor:
     m = a.size(0)
     if a.is_cuda and m <= 16:  # cuBLASLt int8 GEMM wants M > 16: pad rows with zeros
         pad = torch.zeros(17 - m, a.size(1), dtype=a.dtype, device=a.device)
-        return torch._int_mm(torch.cat([a, pad]), w)[:m].long()
-    return torch._int_mm(a.contiguous(), w).long()
+        return torch._int_mm(torch.cat([a, pad]), w)[:m]
+    return torch._int_mm(a.contiguous(), w)  # int32: exact here, callers widen
 
 
 _IMPL = {"int_mm": _mm_int, "f32": _mm_f32, "f64": _mm_f64}
@@ -71,7 +71,7 @@ def kernel_ok(name: str, k: int, n: int, wmax: int, device: str) -> bool:
     """Does kernel `name` give exact products for shape K x N and weights in [-wmax, wmax]?"""
     try:
         for a, w in _adversarial_cases(k, n, wmax, torch.device(device)):
-            if not torch.equal(_IMPL[name](a, w, wmax), _mm_f64(a, w, wmax)):
+            if not torch.equal(_IMPL[name](a, w, wmax).long(), _mm_f64(a, w, wmax)):
                 return False
         return True
     except (RuntimeError, NotImplementedError):

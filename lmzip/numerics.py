@@ -111,10 +111,24 @@ def att_exp_table(device) -> torch.Tensor:
     return _TABLE_CACHE[key]
 
 
+def exp_tables_np():
+    return tuple(t.numpy() for t in _exp_tables_cpu())
+
+
 def softcap_q16(logits: torch.Tensor, cap: int) -> torch.Tensor:
     """cap * tanh(l / cap) in Q16 for Q16 logits l, through exp: tanh(z) = (1-e^-2z)/(1+e^-2z)."""
     if cap == 0:
         return logits
+    if logits.device.type == "cpu":
+        from lmzip import rowops
+
+        flat = logits.reshape(-1, logits.size(-1)).contiguous().numpy()
+        out = rowops.softcap_rows(flat, cap, *exp_tables_np())
+        return torch.from_numpy(out).view(logits.shape)
+    return softcap_reference(logits, cap)
+
+
+def softcap_reference(logits: torch.Tensor, cap: int) -> torch.Tensor:
     y = logits.abs()
     e = exp_q30(torch.div(2 * y, cap, rounding_mode="floor"))
     t = torch.div((ONE30 - e) << 30, ONE30 + e, rounding_mode="floor")  # Q30, in [0, 2^30)
@@ -124,6 +138,16 @@ def softcap_q16(logits: torch.Tensor, cap: int) -> torch.Tensor:
 
 def lm_probs(capped: torch.Tensor) -> torch.Tensor:
     """[..., V] capped Q16 logits -> unnormalized Q30 probabilities; the argmax gets 2^30."""
+    if capped.device.type == "cpu":
+        from lmzip import rowops
+
+        flat = capped.reshape(-1, capped.size(-1)).contiguous().numpy()
+        out = rowops.probs_rows(flat, *exp_tables_np())
+        return torch.from_numpy(out).view(capped.shape)
+    return lm_probs_reference(capped)
+
+
+def lm_probs_reference(capped: torch.Tensor) -> torch.Tensor:
     m = capped.amax(dim=-1, keepdim=True)
     return exp_q30(m - capped)
 
@@ -137,6 +161,16 @@ def freq_table(p: torch.Tensor, precision: int) -> torch.Tensor:
     total = 1 << precision
     if total < 2 * v:
         raise ValueError(f"precision {precision} too small for vocabulary {v}")
+    if p.device.type == "cpu":
+        from lmzip import rowops
+
+        flat = p.reshape(-1, v).contiguous().numpy()
+        return torch.from_numpy(rowops.freq_rows(flat, precision)).view(p.shape)
+    return freq_table_reference(p, precision)
+
+
+def freq_table_reference(p: torch.Tensor, precision: int) -> torch.Tensor:
+    v, total = p.size(-1), 1 << precision
     s = p.sum(dim=-1, keepdim=True)
     f = 1 + torch.div(p * (total - v), s, rounding_mode="floor")
     rem = total - f.sum(dim=-1, keepdim=True)

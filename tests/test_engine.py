@@ -9,13 +9,12 @@ from decimal import Decimal, getcontext
 import numpy as np
 import pytest
 import torch
+from conftest import random_model_file
 
 from lmzip import kernels, numerics
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, VersionError
 from lmzip.export import gpt_from_model_file
-
-from conftest import random_model_file
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +190,28 @@ def test_rejects_out_of_range_tensors(mf):
     del t["skip_weights"]
     with pytest.raises(FormatError, match="missing"):
         Engine(dataclasses.replace(mf, tensors=t))
+
+
+def test_fused_kernels_equal_torch_reference(mf):
+    """The numba kernels (CPU default) compute exactly the torch reference's integers."""
+    fused, ref = Engine(mf, fused=True), Engine(mf, fused=False)
+    w = _windows(3, fused.window, fused.vocab_size, seed=17)
+    assert torch.equal(fused.forward(w), ref.forward(w))
+    sf, sr = fused.new_state(3), ref.new_state(3)
+    for i in range(w.size(1)):
+        pos = torch.tensor([i, i % 5, max(0, i - 9)])
+        toks = torch.stack([w[0, i], w[1, i % 5], w[2, max(0, i - 9)]])
+        assert torch.equal(fused.step(sf, toks, pos), ref.step(sr, toks, pos))
+
+
+def test_fused_table_functions_equal_reference():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randint(-(60 << 16), 60 << 16, (40, 700), generator=g)
+    logits[0] = 0  # all tied: the remainder goes to the lowest index
+    for cap in (1, 30, 977):
+        capped = numerics.softcap_q16(logits, cap)
+        assert torch.equal(capped, numerics.softcap_reference(logits, cap))
+    p = numerics.lm_probs(capped)
+    assert torch.equal(p, numerics.lm_probs_reference(capped))
+    for prec in (11, 16, 24):
+        assert torch.equal(numerics.freq_table(p, prec), numerics.freq_table_reference(p, prec))
