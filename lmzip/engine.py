@@ -81,7 +81,8 @@ class _Linear:
 
 @dataclass
 class DecodeState:
-    """KV caches of B streams: k int8 [B, K, W, E] and v Q10 int32 [B, K, W, E] per layer."""
+    """KV caches of B streams per layer: k [B, K, W, E] (int8 values) and v [B, K, W, E] (Q10),
+    as int8/int32 for the fused kernel or float32/float64 for the GEMMs (exact either way)."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
@@ -282,9 +283,11 @@ class Engine:
     def new_state(self, batch: int) -> DecodeState:
         shp = (batch, self.kv, self.window, self.e)
         dev = self.device
+        # the fused kernel reads integers; the torch path reads the GEMM types (exact values)
+        kt, vt = (torch.int8, torch.int32) if self.fused else (torch.float32, torch.float64)
         return DecodeState(
-            k=[torch.zeros(shp, dtype=torch.int8, device=dev) for _ in self.layers],
-            v=[torch.zeros(shp, dtype=torch.int32, device=dev) for _ in self.layers],
+            k=[torch.zeros(shp, dtype=kt, device=dev) for _ in self.layers],
+            v=[torch.zeros(shp, dtype=vt, device=dev) for _ in self.layers],
         )
 
     @torch.no_grad()
@@ -297,9 +300,13 @@ class Engine:
         tk = int(pos.max()) + 1
 
         def attn(i, q, k, v, gain):
-            state.k[i][rows, :, pos] = k
-            state.v[i][rows, :, pos] = v.int()
-            kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk].long()
+            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)
+            state.v[i][rows, :, pos] = v.to(state.v[i].dtype)
+            if self.fused:
+                y = rowops.attend_step(q.numpy(), state.k[i].numpy(), state.v[i].numpy(),
+                                       pos.numpy(), gain.numpy(), self.att_np)  # fmt: skip
+                return torch.from_numpy(y)
+            kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk]
             return self._attend(q[:, :, None], kc, vc, pos[:, None], gain).reshape(b, -1)
 
         x = self._layers(self._embed(tokens), pos, attn)

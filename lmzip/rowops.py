@@ -3,7 +3,8 @@
 Each function computes exactly the integers that format_spec/numerics.md defines and that the
 torch reference in lmzip/engine.py computes (tests compare them on every path); fusing turns a
 dozen passes over int64 temporaries into one pass, and the attention kernel skips masked keys.
-Parallel over rows (prange); integer results do not depend on the thread count.
+Serial kernels: lmzip parallelizes across worker processes, and a parallel launch costs more
+than the work at decoding batch sizes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _rs(v, s):
     return (v + (np.int64(1) << (s - 1))) >> s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def att_probs(dot, gain, lim, att):
     """dot f32 [N, Tq, Tk] (exact integers), gain int64 [N], lim int64 [N, Tq] (key j allowed
     iff j <= lim), att int64 table -> Q16 probabilities as float64 [N, Tq, Tk] (0 if masked)."""
@@ -62,7 +63,7 @@ def att_probs(dot, gain, lim, att):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def normquant(x, sqd):
     """Rows x int64 [N, D] Q12 -> (int8 [N, D], Q24 scale [N]): RMSNorm + int8 quantization."""
     n, d = x.shape
@@ -83,7 +84,7 @@ def normquant(x, sqd):
     return a, scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def absquant(y, shift):
     """Rows y int64 [N, M] -> (int8, Q24 scale = rdiv(amax << shift, 127))."""
     n, m = y.shape
@@ -101,7 +102,7 @@ def absquant(y, shift):
     return a, scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def rescale(acc, a_scale, ws, shift, lo, hi):
     """Linear epilogue: clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) for acc [N, M]."""
     n, m = acc.shape
@@ -115,7 +116,7 @@ def rescale(acc, a_scale, ws, shift, lo, hi):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def qk_rows(y, pos, cos, sin, sqe, e):
     """[N, n*E] Q12 rows at positions pos [N] -> QK-normed, rotated int8 [N, n, E]."""
     n, w = y.shape
@@ -155,7 +156,7 @@ def _exp30(x, tn, ta, tb):
     return _rs(v * tb[x & 255], 30)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def softcap_rows(logits, cap, tn, ta, tb):
     """Q16 logits [N, V] -> cap * tanh(l / cap) in Q16 (numerics.md section 6)."""
     n, v = logits.shape
@@ -172,7 +173,7 @@ def softcap_rows(logits, cap, tn, ta, tb):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def probs_rows(capped, tn, ta, tb):
     """Capped Q16 logits [N, V] -> Q30 probabilities exp30(max - capped)."""
     n, v = capped.shape
@@ -186,7 +187,7 @@ def probs_rows(capped, tn, ta, tb):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def freq_rows(p, precision):
     """Q30 probabilities [N, V] -> frequency tables (numerics.md section 6)."""
     n, v = p.shape
@@ -205,4 +206,45 @@ def freq_rows(p, precision):
             out[r, c] = f
             acc += f
         out[r, top] += total - acc
+    return out
+
+
+@njit(cache=True)
+def attend_step(q, kc, vc, pos, gain, att):
+    """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, W, E] and vc int32 Q10
+    [B, K, W, E], keys 0..pos[b] -> y Q10 int64 [B, H*E].
+    Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P, sum, rs)."""
+    b_n, h_n, e = q.shape
+    g = h_n // kc.shape[1]
+    last = att.shape[0] - 1
+    out = np.empty((b_n, h_n * e), np.int64)
+    for b in range(b_n):
+        n = pos[b] + 1
+        lg = np.empty(n, np.int64)
+        acc = np.empty(e, np.int64)
+        for h in range(h_n):
+            kh = h // g
+            m = np.int64(-(1 << 62))
+            for j in range(n):
+                d = np.int32(0)  # |dot| < 2^22: int32 is exact and vectorizes
+                for c in range(e):
+                    d += np.int32(q[b, h, c]) * np.int32(kc[b, kh, j, c])
+                v = _rs(np.int64(d) * gain[h], 16)
+                lg[j] = v
+                if v > m:
+                    m = v
+            s = np.int64(0)
+            for j in range(n):
+                w = att[min((m - lg[j]) >> 8, last)]
+                lg[j] = w
+                s += w
+            acc[:] = 0
+            for j in range(n):
+                p = (lg[j] << 16) // s
+                if p == 0:
+                    continue
+                for c in range(e):
+                    acc[c] += p * np.int64(vc[b, kh, j, c])
+            for c in range(e):
+                out[b, h * e + c] = _rs(acc[c], 16)
     return out
