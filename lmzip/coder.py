@@ -48,29 +48,6 @@ def enc_new():
 
 
 @njit(cache=True)
-def _shift_low(st, out, pos, low):
-    # LZMA ShiftLow. The byte leaving the window is final unless it is 0xFF with no carry yet:
-    # a later carry would turn it (and the pending run before it) into 0x00 (+1 on the cache).
-    if low < _FF_LOW or low > _MASK48:
-        carry = low >> _U48  # 0 or 1 because low < 2^49
-        b = st[_CACHE] + carry
-        n = st[_CACHE_SIZE]
-        while n > 0:
-            if st[_SKIP] != 0:
-                st[_SKIP] = 0  # spec "Omitted first byte": always 0, the decoder assumes it
-            else:
-                if pos < out.shape[0]:  # never write out of bounds; caller sees pos > len(out)
-                    out[pos] = np.uint8(b & _BYTE)
-                pos += 1
-            b = _BYTE + carry
-            n -= np.uint64(1)
-        st[_CACHE] = (low >> _U40) & _BYTE
-        st[_CACHE_SIZE] = 0
-    st[_CACHE_SIZE] += np.uint64(1)
-    return (low & _MASK40) << _U8, pos
-
-
-@njit(cache=True)
 def enc_put(st, out, pos, cum, freq, P):
     """Code the subinterval [cum, cum+freq) of 2^P; returns the new write position.
 
@@ -85,7 +62,26 @@ def enc_put(st, out, pos, cum, freq, P):
         rng = _MASK48
     while rng < _TOP:
         rng <<= _U8
-        low, pos = _shift_low(st, out, pos, low)
+        # LZMA ShiftLow, written inline: a call passing arrays costs a refcount pair per byte
+        # (measured 5x slower). The byte leaving the window is final unless it is 0xFF with no
+        # carry yet: a later carry would turn it (and the pending run) into 0x00, +1 on cache.
+        if low < _FF_LOW or low > _MASK48:
+            carry = low >> _U48  # 0 or 1 because low < 2^49
+            b = st[_CACHE] + carry
+            n = st[_CACHE_SIZE]
+            while n != np.uint64(0):
+                if st[_SKIP] != 0:
+                    st[_SKIP] = 0  # spec "Omitted first byte": always 0, the decoder assumes it
+                else:
+                    if pos < out.shape[0]:  # never write out of bounds; caller sees pos > len
+                        out[pos] = np.uint8(b & _BYTE)
+                    pos += 1
+                b = _BYTE + carry
+                n -= np.uint64(1)
+            st[_CACHE] = (low >> _U40) & _BYTE
+            st[_CACHE_SIZE] = 0
+        st[_CACHE_SIZE] += np.uint64(1)
+        low = (low & _MASK40) << _U8
     st[_LOW] = low
     st[_RANGE] = rng
     return pos
@@ -93,33 +89,37 @@ def enc_put(st, out, pos, cum, freq, P):
 
 @njit(cache=True)
 def enc_finish(st, out, pos):
-    # Seven ShiftLows: six move the 48 bits of low out through the cache, the seventh (low == 0)
-    # writes the last of them. The decoder then consumes exactly every byte (spec "Flush").
-    low = st[_LOW]
-    for _ in range(FLUSH_BYTES + 1):
-        low, pos = _shift_low(st, out, pos, low)
-    st[_LOW] = low
-    return pos
+    # The flush is seven ShiftLows with low unchanged (spec "Flush"): six move the 48 bits of low
+    # out through the cache, the seventh (low == 0) writes the last of them. Coding [0, 1) leaves
+    # low as is; with range in [2^40, 2^48) it takes exactly 3 shifts at P = 24 (r in [2^16,
+    # 2^24)) and exactly 1 at P = 8 (r in [2^32, 2^40)): 3 + 3 + 1 = 7, one ShiftLow to maintain.
+    pos = enc_put(st, out, pos, 0, 1, 24)
+    pos = enc_put(st, out, pos, 0, 1, 24)
+    return enc_put(st, out, pos, 0, 1, 8)
 
 
 @njit(cache=True)
-def _read(st, data):
-    p = st[_POS]
-    st[_POS] = p + np.uint64(1)
-    if p < np.uint64(data.shape[0]):
-        return np.uint64(data[p])
-    st[_OVERRUN] += np.uint64(1)  # past the end: feed zeros, count them
-    return np.uint64(0)
+def _shift_in(st, data, n):
+    # Read n bytes into code (zeros past the end, counted). Only dec_new calls this; dec_advance
+    # has its own copy inline because a call passing arrays costs a refcount pair per byte.
+    code = st[_CODE]
+    for _ in range(n):
+        p = st[_POS]
+        st[_POS] = p + np.uint64(1)
+        b = np.uint64(0)
+        if p < np.uint64(data.shape[0]):
+            b = np.uint64(data[p])
+        else:
+            st[_OVERRUN] += np.uint64(1)
+        code = ((code << _U8) | b) & _MASK48
+    st[_CODE] = code
 
 
 @njit(cache=True)
 def dec_new(data):
     st = np.zeros(4, dtype=np.uint64)
     st[_DRANGE] = _MASK48
-    code = np.uint64(0)
-    for _ in range(FLUSH_BYTES):  # the omitted leading zero byte is implied, not read
-        code = (code << _U8) | _read(st, data)
-    st[_CODE] = code
+    _shift_in(st, data, FLUSH_BYTES)  # the omitted leading zero byte is implied, not read
     return st
 
 
@@ -140,7 +140,14 @@ def dec_advance(st, data, cum, freq, P):
         rng = _MASK48
     while rng < _TOP:
         rng <<= _U8
-        code = ((code << _U8) | _read(st, data)) & _MASK48  # mask: bounded on corrupt input
+        p = st[_POS]
+        st[_POS] = p + np.uint64(1)
+        b = np.uint64(0)
+        if p < np.uint64(data.shape[0]):  # never read past the end: feed zeros, count them
+            b = np.uint64(data[p])
+        else:
+            st[_OVERRUN] += np.uint64(1)
+        code = ((code << _U8) | b) & _MASK48  # the mask keeps corrupt input bounded
     st[_CODE] = code & _MASK48
     st[_DRANGE] = rng
 
@@ -150,15 +157,14 @@ def dec_symbol(st, data, cumtable, P):
     """Decode one symbol with cumtable[V+1] (cumtable[0] = 0, cumtable[V] = 2^P, nondecreasing)."""
     t = dec_target(st, P)
     # Largest s in [0, V) with cumtable[s] <= t; it has cumtable[s+1] > t, so freq >= 1 and
-    # zero-frequency symbols (equal neighbours) are never chosen.
+    # zero-frequency symbols (equal neighbours) are never chosen. Branchless (a select, not a
+    # jump): the comparisons are unpredictable, and this halved the decode time.
     lo = 0
-    hi = cumtable.shape[0] - 1
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if cumtable[mid] <= t:
-            lo = mid
-        else:
-            hi = mid
+    m = cumtable.shape[0] - 1  # the answer lies in [lo, lo + m)
+    while m > 1:
+        half = m >> 1
+        lo = lo + half if cumtable[lo + half] <= t else lo
+        m -= half
     c = cumtable[lo]
     dec_advance(st, data, c, cumtable[lo + 1] - c, P)
     return lo
@@ -191,27 +197,39 @@ def encode_symbols(cum, freq, P):
 
 
 @njit(cache=True)
-def decode_symbols_rows(data, cumtables, n, P, shared):
-    """n symbols; row i of cumtables[N, V+1] for symbol i, or row 0 for all when shared."""
-    st = dec_new(data)
+def decode_loop_shared(st, data, cumtable, n, P):
+    """n symbols, all with cumtable[V+1]; continues from decoder state st."""
     syms = np.empty(n, dtype=np.int64)
     for i in range(n):
-        syms[i] = dec_symbol(st, data, cumtables[0 if shared else i], P)
-    return syms, dec_overrun(st)
+        syms[i] = dec_symbol(st, data, cumtable, P)
+    return syms
+
+
+@njit(cache=True)
+def decode_loop_rows(st, data, cumtables, n, P):
+    """n symbols, row i of cumtables[N, V+1] for symbol i; continues from decoder state st."""
+    syms = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        syms[i] = dec_symbol(st, data, cumtables[i], P)
+    return syms
 
 
 def decode_symbols(data, cumtables, n, P):
     """Decode n symbols with one cumtable[V+1] or per-symbol cumtables[n, V+1].
 
     Returns (symbols int64[n], overrun); overrun != 0 means the data was truncated or corrupt.
+    A shared table has its own loop: slicing a row per symbol costs about a third of the time.
     """
     data = np.frombuffer(bytes(data), dtype=np.uint8) if not isinstance(data, np.ndarray) else data
-    tables = np.asarray(cumtables, dtype=np.int64)
+    tables = np.ascontiguousarray(cumtables, dtype=np.int64)
+    st = dec_new(data)
     if tables.ndim == 1:
-        return decode_symbols_rows(data, tables[None, :], n, P, True)
-    if tables.shape[0] < n:
+        syms = decode_loop_shared(st, data, tables, n, P)
+    elif tables.shape[0] < n:
         raise ValueError(f"need {n} cumtables, got {tables.shape[0]}")
-    return decode_symbols_rows(data, tables, n, P, False)
+    else:
+        syms = decode_loop_rows(st, data, tables, n, P)
+    return syms, int(dec_overrun(st))
 
 
 @njit(cache=True)
@@ -318,7 +336,9 @@ class Decoder:
             raise ValueError(f"cumtables must be nondecreasing rows from 0 to 2^{self.precision}")
         if tables.ndim != 1 and rows.shape[0] < n:
             raise ValueError(f"need {n} cumtables, got {rows.shape[0]}")
-        return _dec_symbol_array(self._st, self._data, rows, n, self.precision, tables.ndim == 1)
+        if tables.ndim == 1:
+            return decode_loop_shared(self._st, self._data, rows[0], n, self.precision)
+        return decode_loop_rows(self._st, self._data, rows, n, self.precision)
 
     def target(self) -> int:
         return int(dec_target(self._st, self.precision))
@@ -341,11 +361,3 @@ class Decoder:
     def at_end(self) -> bool:
         """True when every byte was consumed and none was missing: a valid stream's end."""
         return self.overrun == 0 and self.position == self._data.shape[0]
-
-
-@njit(cache=True)
-def _dec_symbol_array(st, data, rows, n, P, shared):
-    syms = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        syms[i] = dec_symbol(st, data, rows[0 if shared else i], P)
-    return syms
