@@ -176,11 +176,12 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     head[H_A2MASK] = (1 << prm.apm2_bits) - 1
     body[head[H_OMEM] : head[H_OMEM] + (16 << prm.hash_bits)] = ENTRY_INIT
     body[head[H_OMEM] :: 16][: 1 << prm.hash_bits] = 0  # slot 0 of each bucket: tag, 0 = empty
-    # The mixer starts as "LM only": weight 1.0 (2^16) on the LM input in every set.
+    # The mixer starts near "LM only": weight 1.0 on the LM input, small priors on the adaptive
+    # inputs (they are 0 until a context has been seen), which helps short chunks (spec 4).
     w = body[head[H_OW] : head[H_OW] + N_WSETS * NIN_MAX].reshape(N_WSETS, NIN_MAX)
     w[:, 0] = 1 << 16
-    w[:, 1 : 1 + len(prm.orders)] = 0
-    w[:, 1 + len(prm.orders)] = 0
+    w[:, 1 : 1 + len(prm.orders)] = 1 << 14
+    w[:, 1 + len(prm.orders)] = 1 << 15
     knots = np.array(SQUASH_KNOTS, np.int32) << 6  # APM point k starts at squash(128 (k - 24))
     body[head[H_OA1] : head[H_OA1] + APM1_SIZE * NKNOT] = np.tile(knots, APM1_SIZE)
     body[head[H_OA2] : head[H_OA2] + (NKNOT << prm.apm2_bits)] = np.tile(knots, 1 << prm.apm2_bits)
