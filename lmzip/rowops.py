@@ -58,9 +58,22 @@ def att_probs(dot, gain, lim, att):
             w = att[min((m - lg[j]) >> 8, last)]
             lg[j] = w
             s += w
+        inv = 1.0 / np.float64(s)
         for j in range(hi + 1):
-            out[b, i, j] = np.float64((lg[j] << 16) // s)
+            out[b, i, j] = np.float64(_floordiv_est(lg[j] << 16, s, inv))
     return out
+
+
+@njit(cache=True, inline="always")
+def _floordiv_est(n, d, inv):
+    """floor(n / d) for 0 <= n < 2^47, 0 < d < 2^41: a float estimate (within 1 of the
+    quotient, since the relative error is < 2^-50) corrected with exact integer products."""
+    q = np.int64(np.float64(n) * inv)
+    if q * d > n:
+        q -= 1
+    elif (q + 1) * d <= n:
+        q += 1
+    return q
 
 
 @njit(cache=True)
