@@ -1,0 +1,122 @@
+"""The pipeline: compress/decompress/verify through lmzip.api, with tiny and shipped models."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from lmzip import api, container, stream
+from lmzip.errors import FormatError, ModelMismatchError
+from lmzip.mixer import MixerParams
+
+from conftest import random_model_file, read_corpus
+
+TEXT = (
+    b"The committee said on Tuesday that the bridge would reopen in March.\r\n"
+    b"  Indented line with\ttabs, digits 12345 and \xe2\x80\x9cquotes\xe2\x80\x9d.\n"
+)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_path):
+    return api.load_model(tiny_model_path)
+
+
+def _roundtrip(lm, data: bytes, opts: api.CodingOptions) -> bytes:
+    buf = io.BytesIO()
+    api.compress_stream(io.BytesIO(data), buf, lm, opts)
+    out = io.BytesIO()
+    api.decompress_stream(io.BytesIO(buf.getvalue()), out.write, lm, opts)
+    assert out.getvalue() == data
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("lm_only", [False, True])
+def test_roundtrip_many_chunks_and_windows(lm, lm_only):
+    data = read_corpus("lee_news.txt.zst", 9000) + TEXT + bytes(range(256))
+    opts = api.CodingOptions(threads=1, batch_size=3, chunk_size=2048, lm_only=lm_only)
+    blob = _roundtrip(lm, data, opts)
+    methods = [r.method for r, _ in stream.StreamReader(io.BytesIO(blob))]
+    assert len(methods) == 5 and stream.METHOD_STORED not in methods[:4]
+    if lm_only:
+        assert stream.METHOD_MIXED not in methods
+
+
+def test_batch_size_and_threads_do_not_change_bytes(lm):
+    data = read_corpus("lee_news.txt.zst", 5000)
+    a = _roundtrip(lm, data, api.CodingOptions(threads=1, batch_size=1, chunk_size=1024))
+    b = _roundtrip(lm, data, api.CodingOptions(threads=2, batch_size=64, chunk_size=1024))
+    assert a == b
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"\x00", b"\xff\xfe\xfd", TEXT])
+def test_small_inputs(lm, data):
+    _roundtrip(lm, data, api.CodingOptions(threads=1))
+
+
+def test_random_bytes_are_stored_not_expanded(lm):
+    data = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    blob = _roundtrip(lm, data, api.CodingOptions(threads=1, chunk_size=16384))
+    assert len(blob) <= len(data) * 1.001 + 300
+    assert all(r.method == stream.METHOD_STORED for r, _ in stream.StreamReader(io.BytesIO(blob)))
+
+
+def test_lm_chunk_decodes_in_a_batch_with_mixed_chunks(lm):
+    raws = [TEXT, b"short", read_corpus("lee_news.txt.zst", 3000)]
+    mixer = MixerParams()
+    items = []
+    for raw in raws:
+        c = api.encode_chunk(lm, raw, 24, mixer, 4)
+        for method, payload in ((stream.METHOD_LM, c.lm_payload), (stream.METHOD_MIXED,
+                                                                   c.mix_payload)):  # fmt: skip
+            rec = stream.ChunkRecord(method, len(raw), len(c.tokens), len(payload), 0)
+            items.append((rec, payload))
+    assert api.decode_chunks(lm, items, 24, mixer) == [r for r in raws for _ in (0, 1)]
+
+
+def test_other_model_is_refused(lm, tok_bytes, tmp_path):
+    other = tmp_path / "other.lmzm"
+    container.save_model(random_model_file(tok_bytes, seed=5), other, compress=False)
+    buf = io.BytesIO()
+    api.compress_stream(io.BytesIO(TEXT), buf, lm, api.CodingOptions(threads=1))
+    with pytest.raises(ModelMismatchError, match="-m"):
+        api.decompress_stream(io.BytesIO(buf.getvalue()), lambda b: None,
+                              api.load_model(str(other)), api.CodingOptions(threads=1))  # fmt: skip
+
+
+def test_corrupt_payload_is_detected(lm):
+    data = read_corpus("lee_news.txt.zst", 4000)
+    buf = io.BytesIO()
+    api.compress_stream(io.BytesIO(data), buf, lm, api.CodingOptions(threads=1))
+    blob = bytearray(buf.getvalue())
+    blob[len(blob) // 2] ^= 0x10
+    with pytest.raises(FormatError):
+        api.decompress_stream(io.BytesIO(bytes(blob)), lambda b: None, lm,
+                              api.CodingOptions(threads=1))  # fmt: skip
+
+
+def test_verify_measures_agree(tiny_model_path, tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(read_corpus("lee_news.txt.zst", 6000))
+    r = api.verify([str(path)], tiny_model_path, api.CodingOptions(threads=1))
+    row = r["files"][0]
+    assert row["roundtrip_ok"] and r["total"]["roundtrip_ok"]
+    assert row["engine_bpb"] <= 1.01 * row["model_bpb"]
+    header = 144 + 2 * 28  # stream header, one chunk record, end record
+    assert row["real_bpb_lm_only"] <= row["engine_bpb"] * 1.001 + 8 * (header + 16) / row["bytes"]
+    assert row["real_bpb"] <= row["real_bpb_lm_only"]
+
+
+def test_shipped_model_roundtrip_and_quality():
+    """The default model is real: it predicts English far better than 8 bits per byte."""
+    path = container.default_model_path()
+    if not path.exists():
+        pytest.skip("no default model in this checkout")
+    lm = api.load_model()
+    prov = lm.mf.provenance
+    assert {"data", "preset", "steps"} <= set(prov)
+    data = read_corpus("enwiki_gensim.txt.zst", 1500)
+    blob = _roundtrip(lm, data, api.CodingOptions(threads=1, lm_only=True))
+    assert 8 * len(blob) / len(data) < 4.5
