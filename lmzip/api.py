@@ -8,6 +8,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections import Counter, deque
@@ -43,6 +44,9 @@ def info(path: str | None) -> dict:
         if magic == container.MAGIC:
             out = {"kind": "model", "size_bytes": size}
             out.update(container.read_model_header(path))
+            # the whole file too (SHA-256, tensors, model_id; ~0.1 s for a golf model): info
+            # must not call a damaged model fine just because its header is intact
+            container.load_model(path)
             out["tensor_codec"] = {0: "none", 1: "zstd"}[out["tensor_codec"]]
             out["model_id"] = out.pop("model_id")  # keep the id next to the sizes when printed
             tensors = out["tensors"]
@@ -115,7 +119,40 @@ def load_model(path: str | None = None, device: str = "cpu", matmul: str = "auto
         raise FormatError(f"{path}: model's tokenizer is unusable: {e}") from None
     except (RuntimeError, ValueError, OSError) as e:  # sentencepiece: corrupt proto
         raise FormatError(f"{path}: model's tokenizer is corrupt ({type(e).__name__})") from None
-    return LoadedModel(path, mf, Engine(mf, device=device, matmul=matmul), tok)
+    _check_config_bounds(path, mf.config)
+    try:
+        engine = Engine(mf, device=device, matmul=matmul)
+    except FormatError as e:  # VersionError too; the engine does not know the file's name
+        raise type(e)(f"{path}: {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, IndexError, KeyError) as e:
+        # a hostile or broken config that slipped past ModelConfig.validate: still a bad file
+        raise FormatError(f"{path}: model is unusable ({type(e).__name__}: {e})") from None
+    return LoadedModel(path, mf, engine, tok)
+
+
+# Sizes the engine allocates from the config alone, before the tensors can contradict it:
+# per-layer lists (n_layer), RoPE tables and KV caches (seq_len x d_model). The golf baseline
+# uses 9 layers and 1024 x 512 = 2^19; these bounds leave 32x room and cap those tables at
+# hundreds of MB. Checked here so that a hostile model fails in milliseconds, not after
+# allocating gigabytes (reliability.md "Hostile files").
+MAX_LAYERS = 512
+MAX_WINDOW_WIDTH = 1 << 24
+
+
+def _check_config_bounds(path: str, cfg: dict) -> None:
+    ints = ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "mlp_mult", "seq_len",
+            "logit_softcap", "block_bits", "embed_bits")  # fmt: skip
+    for key in ints:
+        v, low = cfg.get(key, 1), 0 if key == "logit_softcap" else 1
+        if type(v) is not int or v < low:  # bool is an int subclass: `type(v) is int` skips it
+            raise FormatError(f"{path}: model config {key}={v!r} is not a valid integer")
+    for key in ("rope_base", "qk_gain_init"):
+        if type(cfg.get(key, 1.0)) not in (int, float):
+            raise FormatError(f"{path}: model config {key} is not a number")
+    if cfg.get("n_layer", 1) > MAX_LAYERS:
+        raise FormatError(f"{path}: model config n_layer {cfg['n_layer']} is over {MAX_LAYERS}")
+    if cfg.get("seq_len", 1) * cfg.get("d_model", 1) > MAX_WINDOW_WIDTH:
+        raise FormatError(f"{path}: model config seq_len x d_model is over {MAX_WINDOW_WIDTH}")
 
 
 def _segments(n: int, seg: int) -> list[tuple[int, int]]:
@@ -259,6 +296,9 @@ _WORKER: dict = {}
 
 
 def _worker_init(model_path: str, threads: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it (removes its temp
+    # file, terminates the workers); a worker would only print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _WORKER["model"] = load_model(model_path)
 
@@ -290,7 +330,9 @@ def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: 
             yield fn(job)
         return
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, ctx, _worker_init, (model.path, 1)) as pool:
+    pool = cf.ProcessPoolExecutor(workers, ctx, _worker_init, (model.path, 1))
+    finished = False
+    try:
         pending: deque = deque()
         for job in jobs:
             pending.append(pool.submit(fn, job))
@@ -298,6 +340,15 @@ def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: 
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+        finished = True
+    finally:
+        if not finished:
+            # An error (a corrupt chunk, a worker's exception), Ctrl-C, SIGTERM or a consumer
+            # that stopped early: kill the workers now. A plain shutdown would first finish every
+            # job in flight, minutes of model work for output that is being thrown away.
+            for proc in list((pool._processes or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=finished, cancel_futures=not finished)
 
 
 @dataclass
@@ -520,13 +571,13 @@ def decompress_file(input: str, output: str | None, model: str | None = None,
     try:
         if output is None:
             lm = load_model(model)
-            return decompress_stream(src, lambda b: None, lm, opts, progress)
+            return _decompress_named(input, src, lambda b: None, lm, opts, progress)
         if _same_file(input, output):
             raise LmzipError(f"{output}: output would overwrite the input")
         out = AtomicOutput(output, force)
         try:
             lm = load_model(model)
-            summary = decompress_stream(src, out.f.write, lm, opts, progress)
+            summary = _decompress_named(input, src, out.f.write, lm, opts, progress)
             out.commit()
         except BaseException as e:
             out.abort()
@@ -537,6 +588,14 @@ def decompress_file(input: str, output: str | None, model: str | None = None,
         if src is not sys.stdin.buffer:
             src.close()
     return summary
+
+
+def _decompress_named(name: str, src, write, lm: LoadedModel, opts, progress) -> dict:
+    """decompress_stream, with the input's name in front of every error about the input."""
+    try:
+        return decompress_stream(src, write, lm, opts, progress)
+    except LmzipError as e:
+        raise type(e)(f"{'<stdin>' if name == '-' else name}: {e}") from None
 
 
 def default_output(input: str, decompress: bool) -> str:

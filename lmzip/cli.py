@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import click
@@ -22,16 +24,50 @@ class LmzipGroup(click.Group):
     """Turns the errors a user can cause into one line and exit status 1, for every command."""
 
     def invoke(self, ctx: click.Context):
+        # SIGTERM takes the same path as Ctrl-C, so that the temp output file is removed and
+        # worker processes are stopped (the default action would kill us mid-write).
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigs = (signal.SIGINT, signal.SIGTERM) if main_thread else ()
+        previous = {s: signal.signal(s, _interrupt) for s in sigs}
+        _INTERRUPTED.clear()
         try:
             return super().invoke(ctx)
         except LmzipError as e:
             _fail(ctx, str(e))
         except OSError as e:  # unreadable/unwritable user files; strerror is one line
             _fail(ctx, f"{e.filename}: {e.strerror}" if e.filename else str(e))
+        except KeyboardInterrupt:
+            _interrupted(ctx)
+        except MemoryError:
+            _fail(ctx, "out of memory (try a smaller --batch-size or --threads)")
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001  a bug, not the user's fault: still one line
+            if _INTERRUPTED:  # a signal inside native code (numba) surfaces as a SystemError
+                _interrupted(ctx)
+            msg = str(e).splitlines()[0] if str(e) else ""
+            _fail(ctx, f"internal error ({type(e).__name__}: {msg}); please report it")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+_INTERRUPTED: list = []
+
+
+def _interrupt(signum, frame) -> None:
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted(ctx: click.Context) -> None:
+    click.echo("lmzip: interrupted; no output written", err=True)
+    ctx.exit(130)
 
 
 def _fail(ctx: click.Context, message: str) -> None:
-    click.echo(f"lmzip: error: {message}", err=True)
+    # one line even when a library's message (sentencepiece, zstd) spans several
+    click.echo("lmzip: error: " + " ".join(message.split("\n")), err=True)
     ctx.exit(1)
 
 
@@ -166,7 +202,11 @@ def decompress(input, output, model, threads, batch_size, force, quiet, test):
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Worker processes (0 = one per core).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify(files, model, threads, as_json):
+@click.option("--no-roundtrip", is_flag=True,
+              help="Measure sizes only; skip decompressing (much faster).")  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=api.DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Input bytes per independently coded chunk.")  # fmt: skip
+def verify(files, model, threads, as_json, no_roundtrip, chunk_size):
     """Compress and decompress each FILE and compare the model's bits per byte with real bytes.
 
     \b
@@ -177,7 +217,8 @@ def verify(files, model, threads, as_json):
     real_bpb    8 x .lmz file bytes / input bytes (default mode); real_bpb_lm_only: --lm-only
     FILE may be text/bytes, .jsonl (a "text" field per line) or a Parameter Golf .bin shard.
     """
-    result = api.verify(list(files), model, api.CodingOptions(threads=threads))
+    opts = api.CodingOptions(threads=threads, chunk_size=chunk_size)
+    result = api.verify(list(files), model, opts, roundtrip=not no_roundtrip)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -187,5 +228,5 @@ def verify(files, model, threads, as_json):
     for row in result["files"] + [dict(result["total"], file="TOTAL")]:
         vals = [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
         click.echo(row["file"] + "\t" + "\t".join(vals))
-    if not result["total"]["roundtrip_ok"]:
+    if result["total"]["roundtrip_ok"] is False:
         raise LmzipError("round trip FAILED")

@@ -120,7 +120,8 @@ def check_model_id(header: StreamHeader, model_id: bytes) -> None:
     if header.model_id != model_id:
         raise ModelMismatchError(
             f"file was compressed with model {header.model_id.hex()[:12]}, but the given model "
-            f"is {model_id.hex()[:12]}; pass the right model with -m"
+            f"is {model_id.hex()[:12]}; pass the model with id {header.model_id.hex()[:12]} with "
+            f"-m MODEL (`lmzip info MODEL` prints a model's id)"
         )
 
 
