@@ -84,6 +84,13 @@ def main(preset, data, out, run_dir, tokenizer, overrides, print_config):
     except (LmzipError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The process group is destroyed and every file is written; skip interpreter teardown,
+        # where gloo's threads occasionally abort with "terminate called without an active
+        # exception" (seen on a loaded machine) and turn a finished run into a failure.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def expand_data(patterns) -> list[str]:
