@@ -282,6 +282,9 @@ def save_model(mf: ModelFile, path: str | os.PathLike, *, compress: bool | None 
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is not a secret
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
