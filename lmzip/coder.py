@@ -4,7 +4,7 @@ The njit core (``enc_*``, ``dec_*``) is meant to be called from other numba code
 loops; it keeps its state in small uint64 arrays and does no argument checking beyond what keeps
 it finite and in bounds. ``Encoder`` and ``Decoder`` wrap it for Python callers and validate.
 
-Invariants (spec section "State"):
+Invariants (format_spec/coder.md sections 2 and 3):
 - encoder: 2^40 <= range <= 2^48 - 1 between symbols; low < 2^49 (bit 48 is the carry).
 - decoder: 2^40 <= range <= 2^48 - 1 between symbols; code < 2^48 (masked, so corrupt input
   cannot grow it); for a valid stream code < range.
@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 PRECISION_MAX = 24
-FLUSH_BYTES = 6  # the whole 48-bit low; spec "Flush"
+FLUSH_BYTES = 6  # the whole 48-bit low; spec section 6
 _U8 = np.uint64(8)
 _U40 = np.uint64(40)
 _U48 = np.uint64(48)
@@ -52,7 +52,7 @@ def enc_put(st, out, pos, cum, freq, P):
     """Code the subinterval [cum, cum+freq) of 2^P; returns the new write position.
 
     Requires 1 <= freq, cum + freq <= 2^P, 1 <= P <= 24. Writes at most ceil(P/8) bytes beyond
-    the bound of previous calls (spec "Bounds"); if out is too small nothing is written out of
+    the bound of previous calls (spec section 7); if out is too small nothing is written out of
     bounds and the returned pos exceeds len(out), which makes the stream invalid.
     """
     r = st[_RANGE] >> np.uint64(P)
@@ -71,7 +71,7 @@ def enc_put(st, out, pos, cum, freq, P):
             n = st[_CACHE_SIZE]
             while n != np.uint64(0):
                 if st[_SKIP] != 0:
-                    st[_SKIP] = 0  # spec "Omitted first byte": always 0, the decoder assumes it
+                    st[_SKIP] = 0  # spec section 5: always 0, the decoder assumes it
                 else:
                     if pos < out.shape[0]:  # never write out of bounds; caller sees pos > len
                         out[pos] = np.uint8(b & _BYTE)
@@ -89,7 +89,7 @@ def enc_put(st, out, pos, cum, freq, P):
 
 @njit(cache=True)
 def enc_finish(st, out, pos):
-    # The flush is seven ShiftLows with low unchanged (spec "Flush"): six move the 48 bits of low
+    # The flush is seven ShiftLows with low unchanged (spec section 6): six move the 48 bits of low
     # out through the cache, the seventh (low == 0) writes the last of them. Coding [0, 1) leaves
     # low as is; with range in [2^40, 2^48) it takes exactly 3 shifts at P = 24 (r in [2^16,
     # 2^24)) and exactly 1 at P = 8 (r in [2^32, 2^40)): 3 + 3 + 1 = 7, one ShiftLow to maintain.
