@@ -38,7 +38,7 @@ QK_MAX = (1 << 24) - 1  # q, k clamp before QK-norm, Q12
 V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
 I64_MAX = (1 << 63) - 1
-SCALE_MAX = 1 << 20  # weight scales must be <= 2^-4 (Q24), keeps every product < 2^63
+SCALE_MAX = 1 << 27  # weight scales must be <= 8 (Q24): |t * WS| < 2^35 * 2^27 < 2^63
 
 
 def _q24(values: np.ndarray, what: str, limit: int) -> torch.Tensor:

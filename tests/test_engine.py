@@ -183,7 +183,7 @@ def test_rejects_out_of_range_tensors(mf):
 
     t = dict(mf.tensors)
     q = t["blocks.0.mlp.up"]
-    t["blocks.0.mlp.up"] = QTensor("q6", q.values, np.full_like(q.scales, 8.0))
+    t["blocks.0.mlp.up"] = QTensor("q6", q.values, np.full_like(q.scales, 16.0))
     with pytest.raises(FormatError, match="range"):
         Engine(dataclasses.replace(mf, tensors=t))
     t = dict(mf.tensors)
