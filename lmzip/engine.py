@@ -33,8 +33,10 @@ from lmzip.numerics import (
     softcap_q16,
 )
 
-RES_MAX = (1 << 25) - 1  # residual clamp, Q12 (|x| < 8192)
+RES_MAX = (1 << 31) - 1  # residual clamp, Q12 (|x| < 524288: trained residuals reach 5e4)
 QK_MAX = (1 << 24) - 1  # q, k clamp before QK-norm, Q12
+H_MAX = (1 << 23) - 1  # MLP hidden clamp, Q12 (h^2 < 2^46 keeps 16383 * h^2 < 2^60)
+AQ = 16383  # activations are 15-bit: int8 pairs (hi, lo) with a = 128 hi + lo
 V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
 I64_MAX = (1 << 63) - 1
@@ -47,6 +49,15 @@ def _q24(values: np.ndarray, what: str, limit: int) -> torch.Tensor:
     if not np.all(np.isfinite(v)) or np.any(np.abs(v) > limit):
         raise FormatError(f"model tensor {what} has values out of the engine's range")
     return torch.from_numpy(v.astype(np.int64))
+
+
+def _bitlength(v: torch.Tensor) -> torch.Tensor:
+    """Number of bits of non-negative int64 values (0 for 0), exactly."""
+    n = torch.zeros_like(v)
+    for b in (32, 16, 8, 4, 2, 1):
+        big = (v >> (n + b)) > 0
+        n = torch.where(big, n + b, n)
+    return torch.where(v > 0, n + 1, n)
 
 
 class _Linear:
@@ -67,9 +78,11 @@ class _Linear:
         self.ws_np = self.ws.cpu().numpy()
 
     def __call__(self, a, a_scale, frac: int, lim: int = I64_MAX, fused: bool = False):
-        """a int8 [N, K], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
-        (numerics.md "linear")"""
-        acc = self.mm(a)
+        """a [N, K] in [-16383, 16383], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
+        (numerics.md "linear"): two exact int8 products, a = 128 * hi + lo, lo in [0, 127]."""
+        hi = (a >> 7).to(torch.int8)
+        lo = (a & 127).to(torch.int8)
+        acc = self.mm(hi).long() * 128 + self.mm(lo).long()
         if fused:
             ws = self.ws_np
             out = rowops.rescale(acc.numpy(), a_scale.numpy(), ws, 32 - frac, -lim, lim)
@@ -174,22 +187,25 @@ class Engine:
     def _normquant(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RMSNorm + int8 quantization of rows x [N, D] Q12 -> (int8 [N, D], scale Q24 [N])."""
         if self.fused:
-            a, s = rowops.normquant(x.numpy(), self.sqd)
+            a, s = rowops.normquant(x.numpy(), self.sqd, AQ)
             return torch.from_numpy(a), torch.from_numpy(s)
         amax = x.abs().amax(dim=-1)
-        r = isqrt((x * x).sum(dim=-1))
-        a = div_round(127 * x, amax[:, None]).to(torch.int8)
-        scale = div_round(amax * (self.sqd << 8), 127 * r)
+        # shift so the squares fit: (x >> k)^2 * D < 2^48 * 2^12 (numerics.md "normquant")
+        k = torch.clamp(_bitlength(amax) - 24, min=0)
+        xs = x >> k[:, None]
+        r = isqrt((xs * xs).sum(dim=-1)) << k
+        a = div_round(AQ * x, amax[:, None])
+        scale = div_round(amax * (self.sqd << 8), AQ * r)
         return a, scale
 
     def _absquant(self, y: torch.Tensor, frac: int) -> tuple[torch.Tensor, torch.Tensor]:
         """int8 quantization of rows y [N, n] in Q(frac) -> (int8, scale Q24), no norm."""
         if self.fused:
-            a, s = rowops.absquant(y.numpy(), 24 - frac)
+            a, s = rowops.absquant(y.numpy(), 24 - frac, AQ)
             return torch.from_numpy(a), torch.from_numpy(s)
         amax = y.abs().amax(dim=-1)
-        a = div_round(127 * y, amax[:, None]).to(torch.int8)
-        return a, div_round(amax << (24 - frac), torch.full_like(amax, 127))
+        a = div_round(AQ * y, amax[:, None])
+        return a, div_round(amax << (24 - frac), torch.full_like(amax, AQ))
 
     def _qk(self, y: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """[N, n*E] Q12 at positions pos [N] -> QK-normed, rotated int8 [N, n, E] (scale 1/16)."""
@@ -243,6 +259,7 @@ class Engine:
         for i, lay in enumerate(self.layers):
             if i >= n_enc and skips:
                 x = x + rshift_round(skips.pop() * self.skip[i - n_enc][None, :], 24)
+                x = x.clamp(-RES_MAX, RES_MAX)
             a, s = self._normquant(x)
             fu = self.fused
             q = self._qk(lay["attn.q"](a, s, 12, I64_MAX, fu), pos)
@@ -252,7 +269,7 @@ class Engine:
             a, s = self._absquant(y, 10)
             x = (x + lay["attn.o"](a, s, 12, I64_MAX, fu)).clamp(-RES_MAX, RES_MAX)
             a, s = self._normquant(x)
-            hid = lay["mlp.up"](a, s, 12, QK_MAX, fu).clamp(min=0)
+            hid = lay["mlp.up"](a, s, 12, H_MAX, fu).clamp(min=0)
             a, s = self._absquant(hid * hid, 24)
             x = (x + lay["mlp.down"](a, s, 12, I64_MAX, fu)).clamp(-RES_MAX, RES_MAX)
             if i < n_enc:

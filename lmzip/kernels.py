@@ -26,7 +26,7 @@ def _mm_f64(a: torch.Tensor, w: torch.Tensor, wmax: int) -> torch.Tensor:
 
 
 def _mm_f32(a: torch.Tensor, w: torch.Tensor, wmax: int) -> torch.Tensor:
-    kc = max(1, (1 << 24) // (127 * max(1, wmax)) - 1)
+    kc = max(1, (1 << 24) // (128 * max(1, wmax)) - 1)
     k = a.size(1)
     if k <= kc:
         return (a.float() @ w.float()).long()
@@ -52,12 +52,12 @@ def _adversarial_cases(k: int, n: int, wmax: int, device) -> list[tuple[torch.Te
     g = torch.Generator().manual_seed(1234)
     cases = []
     for m in (1, 3, 17, 64):
-        a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+        a = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
         w = torch.randint(-wmax, wmax + 1, (k, n), generator=g, dtype=torch.int8)
         cases.append((a, w))
     # extremes: all products at +-127 * +-wmax, same sign (largest sums) and alternating signs
     a = torch.full((4, k), 127, dtype=torch.int8)
-    a[1] = -127
+    a[1] = -128  # the high half of a 15-bit activation reaches -128
     a[2, ::2] = -127
     a[3] = torch.randint(0, 2, (k,), generator=g, dtype=torch.int8) * 254 - 127
     w = torch.full((k, n), wmax, dtype=torch.int8)

@@ -77,41 +77,49 @@ def _floordiv_est(n, d, inv):
 
 
 @njit(cache=True)
-def normquant(x, sqd):
-    """Rows x int64 [N, D] Q12 -> (int8 [N, D], Q24 scale [N]): RMSNorm + int8 quantization."""
+def normquant(x, sqd, aq):
+    """Rows x int64 [N, D] Q12 -> (int64 [N, D] in [-aq, aq], Q24 scale [N]): RMSNorm + 15-bit
+    quantization; squares of x >> k with k = max(0, bitlength(amax) - 24) (numerics.md)."""
     n, d = x.shape
-    a = np.empty((n, d), np.int8)
+    a = np.empty((n, d), np.int64)
     scale = np.empty(n, np.int64)
-    for r in prange(n):
+    for r in range(n):
         amax = np.int64(0)
-        ss = np.int64(0)
         for c in range(d):
             v = x[r, c]
-            ss += v * v
             av = -v if v < 0 else v
-            amax = max(amax, av)
-        root = _isqrt(ss)
+            if av > amax:
+                amax = av
+        k = np.int64(0)
+        while (amax >> (k + 24)) > 0:
+            k += 1
+        ss = np.int64(0)
         for c in range(d):
-            a[r, c] = _rdiv(127 * x[r, c], amax)
-        scale[r] = _rdiv(amax * (sqd << 8), 127 * root)
+            v = x[r, c] >> k
+            ss += v * v
+        root = _isqrt(ss) << k
+        for c in range(d):
+            a[r, c] = _rdiv(aq * x[r, c], amax)
+        scale[r] = _rdiv(amax * (sqd << 8), aq * root)
     return a, scale
 
 
 @njit(cache=True)
-def absquant(y, shift):
-    """Rows y int64 [N, M] -> (int8, Q24 scale = rdiv(amax << shift, 127))."""
+def absquant(y, shift, aq):
+    """Rows y int64 [N, M] -> (int64 in [-aq, aq], Q24 scale = rdiv(amax << shift, aq))."""
     n, m = y.shape
-    a = np.empty((n, m), np.int8)
+    a = np.empty((n, m), np.int64)
     scale = np.empty(n, np.int64)
-    for r in prange(n):
+    for r in range(n):
         amax = np.int64(0)
         for c in range(m):
             v = y[r, c]
             av = -v if v < 0 else v
-            amax = max(amax, av)
+            if av > amax:
+                amax = av
         for c in range(m):
-            a[r, c] = _rdiv(127 * y[r, c], amax)
-        scale[r] = _rdiv(amax << shift, np.int64(127))
+            a[r, c] = _rdiv(aq * y[r, c], amax)
+        scale[r] = _rdiv(amax << shift, np.int64(aq))
     return a, scale
 
 
