@@ -544,14 +544,19 @@ def _disk_full(e: OSError) -> LmzipError:
 def compress_file(input: str, output: str, model: str | None = None, opts: CodingOptions = None,
                   force: bool = False, progress=None) -> dict:  # fmt: skip
     opts = opts or CodingOptions()
+    return _to_output(input, output, force,
+                      lambda src, f: compress_stream(src, f, load_model(model), opts, progress))  # fmt: skip
+
+
+def _to_output(input: str, output: str, force: bool, work) -> dict:
+    """Run work(src, out_file) with the input open and the output staged atomically."""
     src = _open_input(input)
     try:
         if _same_file(input, output):
             raise LmzipError(f"{output}: output would overwrite the input")
         out = AtomicOutput(output, force)
         try:
-            lm = load_model(model)
-            summary = compress_stream(src, out.f, lm, opts, progress)
+            summary = work(src, out.f)
             out.commit()
         except BaseException as e:
             out.abort()
@@ -568,27 +573,15 @@ def decompress_file(input: str, output: str | None, model: str | None = None,
                     opts: CodingOptions = None, force: bool = False, progress=None) -> dict:  # fmt: skip
     """output=None: decode and verify only (--test)."""
     opts = opts or CodingOptions()
-    src = _open_input(input)
-    try:
-        if output is None:
-            lm = load_model(model)
-            return _decompress_named(input, src, lambda b: None, lm, opts, progress)
-        if _same_file(input, output):
-            raise LmzipError(f"{output}: output would overwrite the input")
-        out = AtomicOutput(output, force)
+    if output is None:
+        src = _open_input(input)
         try:
-            lm = load_model(model)
-            summary = _decompress_named(input, src, out.f.write, lm, opts, progress)
-            out.commit()
-        except BaseException as e:
-            out.abort()
-            if isinstance(e, OSError) and e.errno == 28:
-                raise _disk_full(e) from None
-            raise
-    finally:
-        if src is not sys.stdin.buffer:
-            src.close()
-    return summary
+            return _decompress_named(input, src, lambda b: None, load_model(model), opts, progress)
+        finally:
+            if src is not sys.stdin.buffer:
+                src.close()
+    return _to_output(input, output, force, lambda src, f: _decompress_named(
+        input, src, f.write, load_model(model), opts, progress))  # fmt: skip
 
 
 def _decompress_named(name: str, src, write, lm: LoadedModel, opts, progress) -> dict:

@@ -17,7 +17,6 @@ Shapes: B batch, T time, D d_model, H heads, K kv heads, E head dim, V vocab.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
@@ -230,7 +229,3 @@ def token_nll(model: GPT, windows: torch.Tensor) -> torch.Tensor:
         logits = model(windows[:, :-1])
         logp = torch.log_softmax(logits.double(), dim=-1)
         return -logp.gather(-1, windows[:, 1:, None].long())[..., 0]
-
-
-def count_bits_nats(nats: float) -> float:
-    return nats / math.log(2)
