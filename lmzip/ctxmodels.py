@@ -6,6 +6,10 @@ chunk lives in three numpy arrays so that numba loops can pass it around without
 - ``head`` int64[H_SIZE + V + 1]: scalars (H_*), per-token scratch and the prefix sum of p.
 - ``body`` int32[...]: every table (squash, stretch, rates, hashed buckets, weights, APMs, match).
 - ``hist`` int32[max_tokens]: the chunk's tokens so far (the match model reads it).
+
+Version 2 (format_spec/mixer.md): order-0 and indirect context models, two SSE-of-LM inputs,
+four layer-1 mixers (weight sets by confidence/match/known order, depth, tree node, previous
+token) combined by a layer-2 mixer, then the two APMs of version 1.
 """
 
 from numba import njit
@@ -32,7 +36,8 @@ CNT_MASK = (1 << CNT_BITS) - 1
 ENTRY_INIT = (1 << 21) << CNT_BITS  # p = 1/2, count 0
 MAX_MODELS = 8
 WMAX = 1 << 22  # mixer weights are 16.16 fixed point, clamped to [-WMAX, WMAX]
-NIN_MAX = MAX_MODELS + 4  # LM, context models, match, order-0 node, bias
+NIN_MAX = MAX_MODELS + 5  # LM, context models, match, bias, 2 SSE-of-LM inputs
+IND_MIN, IND_MAX = 33, 35  # order codes 33..35: indirect models of order 1..3 (spec 5.1)
 
 # head scalars
 H_V, H_B, H_N, H_NM, H_NIN = 0, 1, 2, 3, 4
@@ -42,18 +47,30 @@ H_PMIX, H_DOT, H_WSET, H_A1, H_A2, H_PFIN, H_MSM = 16, 17, 18, 19, 20, 21, 22
 H_NBMASK, H_MMMASK, H_A2MASK = 23, 24, 25
 # offsets into body
 H_OSQ, H_OST, H_ORT, H_OMEM, H_OW, H_OA1, H_OA2, H_OMM, H_OSM = 26, 27, 28, 29, 30, 31, 32, 33, 34
-H_WSET2, H_PMIX2 = 35, 36
-H_ORD = 40  # MAX_MODELS orders
-H_CTX = 48  # MAX_MODELS context hashes of the current token
-H_BASE = 56  # MAX_MODELS bucket bases of the current nibble group
-H_X = 64  # NIN_MAX mixer inputs of the current bit
-H_SLOT = 80  # MAX_MODELS entry indices of the current bit
-H_SIZE = 96  # prefix sum of p starts here: head[H_SIZE + t] = p[0] + ... + p[t - 1]
+H_OW2, H_OS1, H_OS2, H_S1, H_S2, H_OIND = 35, 36, 37, 38, 39, 40
+H_ORD = 48  # MAX_MODELS orders
+H_CTX = 56  # MAX_MODELS context hashes of the current token
+H_BASE = 64  # MAX_MODELS bucket bases of the current nibble group
+H_X = 72  # NIN_MAX mixer inputs of the current bit
+H_SLOT = 88  # MAX_MODELS entry indices of the current bit
+H_WS = 96  # NMIX weight-set offsets (layer 1) of the current bit
+H_PM = 104  # NMIX layer-1 outputs squash(dot_k)
+H_X2 = 112  # NMIX layer-1 outputs in the stretch domain (layer-2 inputs)
+H_SIZE = 128  # prefix sum of p starts here: head[H_SIZE + t] = p[0] + ... + p[t - 1]
 
-# Weight sets: mixer 1 by LM confidence x match state x highest order that knows the context,
-# mixer 2 by bit depth x match state.
-N_WSETS1 = 4 * 3 * (MAX_MODELS + 1)
-N_WSETS = N_WSETS1 + 16 * 3
+# Layer-1 weight sets (spec 5.2): mixer 0 by LM confidence x match state x highest order that
+# knows the context, mixer 1 by bit depth x match state, mixer 2 by tree node, mixer 3 by the
+# previous token. Layer 2 mixes their four outputs with a weight set per bit depth x confidence.
+NMIX = 4
+WS_SIZES = (4 * 3 * (MAX_MODELS + 1), 16 * 3, 1024, 1025)
+WS_BASE = (0, WS_SIZES[0], WS_SIZES[0] + WS_SIZES[1], WS_SIZES[0] + WS_SIZES[1] + WS_SIZES[2])
+N_WSETS = WS_BASE[3] + WS_SIZES[3]
+N_WSETS2 = 16 * 4
+LR2 = 1  # layer-2 learning rate
+SSE_BITS = 16  # SSE-of-LM tables: 2^16 contexts x 49 points each, two tables
+SSE_RATE = 6
+IND_BITS = 16  # indirect tables: 2^16 int32 entries each, one per order 1..3
+N_IND = IND_MAX - IND_MIN + 1
 SM_SIZE = 64  # match model: 32 length buckets x (expected bit agrees so far)
 APM1_SIZE = 4096  # APM1 context: node index (bit-tree position), folded to 12 bits
 
@@ -109,6 +126,15 @@ def stretch(body, head, p):
 
 
 @njit(cache=True)
+def _ctx(hist, n, k):
+    """Hash of the k tokens before position n (spec 3), sentinels before the chunk start."""
+    g = 0
+    for j in range(1, k + 1):
+        g = _hstep(g, hist[n - j] if n - j >= 0 else 65536)
+    return g
+
+
+@njit(cache=True)
 def _token_begin(head, body, hist, p):
     """Per-token set-up (spec 5.1): prefix sum of p, context hashes, expected token."""
     V = head[H_V]
@@ -118,11 +144,18 @@ def _token_begin(head, body, hist, p):
         s += p[t]
         head[H_SIZE + t + 1] = s
     n = head[H_N]
+    imask = (1 << IND_BITS) - 1
     for m in range(head[H_NM]):
         k = head[H_ORD + m]
         h = (k * M2) & MASK32
-        for j in range(1, k + 1):
-            h = _hstep(h, hist[n - j] if n - j >= 0 else 65536)
+        if k < IND_MIN:
+            for j in range(1, k + 1):
+                h = _hstep(h, hist[n - j] if n - j >= 0 else 65536)
+        else:
+            # indirect: the last two tokens that followed the order-q context, and tok(n - 1)
+            q = k - IND_MIN
+            fol = body[head[H_OIND] + (q << IND_BITS) + (_hfin(_ctx(hist, n, q + 1)) & imask)]
+            h = _hstep(_hstep(h, fol), hist[n - 1] if n >= 1 else 65536)
         head[H_CTX + m] = h
     head[H_MEXP] = hist[head[H_MPTR]] if head[H_MLEN] > 0 else -1
     head[H_NODE] = 1
@@ -148,6 +181,12 @@ def _find_bucket(body, head, h):
     for j in range(1, 16):
         body[b + j] = ENTRY_INIT
     return b
+
+
+@njit(cache=True)
+def _interp(body, a, f):
+    """APM-style interpolation between points a and a + 1 (weight f / 128 on a + 1)."""
+    return (body[a] * (128 - f) + body[a + 1] * f) >> 13
 
 
 @njit(cache=True)
@@ -186,7 +225,7 @@ def _bit_predict(head, body, hist):
         head[H_SLOT + m] = slot
         head[H_X + 1 + m] = stretch(body, head, e >> (CNT_BITS + 6))
         if e & CNT_MASK:
-            known = m + 1  # models are in increasing order: the highest order that has seen it
+            known = m + 1  # the last model in the order list that has seen it
     mexp = head[H_MEXP]
     mstate = 0
     xm = 0
@@ -203,39 +242,57 @@ def _bit_predict(head, body, hist):
         head[H_MBIT] = ebit
     head[H_X + 1 + nm] = xm
     head[H_X + 2 + nm] = 256
+    # SSE of the LM: per (context, node) maps of the LM's stretch, interpolated like the APMs
+    n = head[H_N]
+    prev = hist[n - 1] if n > 0 else 65536
+    prev2 = hist[n - 2] if n > 1 else 65536
+    z0 = x0 + 3072
+    k0 = z0 >> 7
+    f0 = z0 & 127
+    smask = (1 << SSE_BITS) - 1
+    h2 = _hstep(_hstep(_hstep(0x2B992D, prev2), prev), node)
+    s1 = head[H_OS1] + (_hfin(_hstep(_hstep(0x51ED27, prev), node)) & smask) * NKNOT + k0
+    s2 = head[H_OS2] + (_hfin(h2) & smask) * NKNOT + k0
+    head[H_S1] = s1 + (f0 >> 6)
+    head[H_S2] = s2 + (f0 >> 6)
+    head[H_X + 3 + nm] = stretch(body, head, min(max(_interp(body, s1, f0), 1), PONE - 1))
+    head[H_X + 4 + nm] = stretch(body, head, min(max(_interp(body, s2, f0), 1), PONE - 1))
+    nin = head[H_NIN]
+    # layer 1: four weight sets selected by different contexts
     ax = abs(x0)
     conf = 0 if ax < 256 else (1 if ax < 1024 else (2 if ax < 2048 else 3))
-    wset = ((conf * 3 + mstate) * (MAX_MODELS + 1) + known) * NIN_MAX
-    head[H_WSET] = wset
-    wset2 = (N_WSETS1 + d * 3 + mstate) * NIN_MAX
-    head[H_WSET2] = wset2
-    ow = head[H_OW] + wset
-    ow2 = head[H_OW] + wset2
-    dot1 = 0
-    dot2 = 0
-    for i in range(nm + 3):
-        dot1 += body[ow + i] * head[H_X + i]
-        dot2 += body[ow2 + i] * head[H_X + i]
-    dot1 = min(max(dot1 >> 16, -XMAX), XMAX)
-    dot2 = min(max(dot2 >> 16, -XMAX), XMAX)
-    head[H_PMIX] = squash(body, head, dot1)
-    head[H_PMIX2] = squash(body, head, dot2)
-    dot = (dot1 + dot2) >> 1
+    head[H_WS + 0] = (WS_BASE[0] + (conf * 3 + mstate) * (MAX_MODELS + 1) + known) * NIN_MAX
+    head[H_WS + 1] = (WS_BASE[1] + d * 3 + mstate) * NIN_MAX
+    head[H_WS + 2] = (WS_BASE[2] + (node & 1023)) * NIN_MAX
+    head[H_WS + 3] = (WS_BASE[3] + (prev if prev < 1024 else 1024)) * NIN_MAX
+    ow = head[H_OW]
+    ow2 = head[H_OW2] + (d * 4 + conf) * NMIX
+    head[H_WSET] = ow2
+    dotf = 0
+    for k in range(NMIX):
+        o = ow + head[H_WS + k]
+        dk = 0
+        for i in range(nin):
+            dk += body[o + i] * head[H_X + i]
+        dk = min(max(dk >> 16, -XMAX), XMAX)
+        head[H_PM + k] = squash(body, head, dk)
+        head[H_X2 + k] = dk
+        dotf += body[ow2 + k] * dk
+    # layer 2
+    dot = min(max(dotf >> 16, -XMAX), XMAX)
     head[H_DOT] = dot
     pmix = squash(body, head, dot)
+    head[H_PMIX] = pmix
     # APMs: interpolate between the two grid points around dot, later train the nearer one
     z = dot + 3072
     k = z >> 7
     f = z & 127
     a1 = head[H_OA1] + (node & (APM1_SIZE - 1)) * NKNOT + k
-    pa1 = (body[a1] * (128 - f) + body[a1 + 1] * f) >> 13
-    prev = hist[head[H_N] - 1] if head[H_N] > 0 else 65536
     c2 = _hfin(_hstep(_hstep(0, prev), node)) & head[H_A2MASK]
     a2 = head[H_OA2] + c2 * NKNOT + k
-    pa2 = (body[a2] * (128 - f) + body[a2 + 1] * f) >> 13
     head[H_A1] = a1 + (f >> 6)
     head[H_A2] = a2 + (f >> 6)
-    pf = (pmix + pa1 + 2 * pa2 + 2) >> 2
+    pf = (pmix + _interp(body, a1, f) + 2 * _interp(body, a2, f) + 2) >> 2
     pf = min(max(pf, 1), PONE - 1)
     head[H_PFIN] = pf
     return pf
@@ -245,15 +302,21 @@ def _bit_predict(head, body, hist):
 def _bit_update(head, body, bit):
     """Train every component on the coded bit, then descend the tree (spec 5.2, Update)."""
     nm = head[H_NM]
-    err = ((bit << 16) - head[H_PMIX]) * head[H_LR]
-    err2 = ((bit << 16) - head[H_PMIX2]) * head[H_LR]
-    ow = head[H_OW] + head[H_WSET]
-    ow2 = head[H_OW] + head[H_WSET2]
-    for i in range(nm + 3):
-        x = head[H_X + i]
-        # weights stay in [-WMAX, WMAX] (|w| <= 64.0) so int32 storage never wraps
-        body[ow + i] = min(max(body[ow + i] + ((x * err + (1 << 17)) >> 18), -WMAX), WMAX)
-        body[ow2 + i] = min(max(body[ow2 + i] + ((x * err2 + (1 << 17)) >> 18), -WMAX), WMAX)
+    nin = head[H_NIN]
+    ow = head[H_OW]
+    lr = head[H_LR]
+    for k in range(NMIX):
+        err = ((bit << 16) - head[H_PM + k]) * lr
+        o = ow + head[H_WS + k]
+        for i in range(nin):
+            # weights stay in [-WMAX, WMAX] (|w| <= 64.0) so int32 storage never wraps
+            w = body[o + i] + ((head[H_X + i] * err + (1 << 17)) >> 18)
+            body[o + i] = min(max(w, -WMAX), WMAX)
+    err = ((bit << 16) - head[H_PMIX]) * LR2
+    o = head[H_WSET]
+    for k in range(NMIX):
+        w = body[o + k] + ((head[H_X2 + k] * err + (1 << 17)) >> 18)
+        body[o + k] = min(max(w, -WMAX), WMAX)
     ort = head[H_ORT]
     limit = head[H_LIMIT]
     target = bit << 22
@@ -270,21 +333,30 @@ def _bit_update(head, body, bit):
         i = head[H_OSM] + head[H_MSM]
         body[i] += (((1 if bit == head[H_MBIT] else 0) << 22) - body[i]) >> 6
     r = head[H_APMRATE]
-    a = head[H_A1]
-    body[a] += (target - body[a]) >> r
-    a = head[H_A2]
-    body[a] += (target - body[a]) >> r
+    for key in (H_A1, H_A2):
+        a = head[key]
+        body[a] += (target - body[a]) >> r
+    for key in (H_S1, H_S2):
+        a = head[key]
+        body[a] += (target - body[a]) >> SSE_RATE
     head[H_NODE] = 2 * head[H_NODE] + bit
     head[H_D] += 1
 
 
 @njit(cache=True)
 def _token_end(head, body, hist, tok):
-    """Append tok to the history; advance or look up the match model (spec 5.3)."""
+    """Append tok to the history; indirect tables; advance or look up the match model (5.3)."""
     n = head[H_N]
     hist[n] = tok
     n += 1
     head[H_N] = n
+    # indirect tables: the order-q context before tok -> its last two followers (10 bits each)
+    imask = (1 << IND_BITS) - 1
+    g = 0
+    for q in range(N_IND):
+        g = _hstep(g, hist[n - 2 - q] if n - 2 - q >= 0 else 65536)
+        i = head[H_OIND] + (q << IND_BITS) + (_hfin(g) & imask)
+        body[i] = ((body[i] << 10) | tok) & 0xFFFFF
     mlen = head[H_MLEN]
     mptr = head[H_MPTR]
     if mlen > 0 and hist[mptr] == tok:

@@ -1,10 +1,12 @@
 """Adaptive context mixing: the LM's next-token distribution mixed with models learned online.
 
-Spec: format_spec/mixer.md (mixer version 1). A token id is coded as ceil(log2 V) binary
+Spec: format_spec/mixer.md (mixer version 2). A token id is coded as ceil(log2 V) binary
 decisions, most significant bit first. For every decision the LM's probability (exact subtree mass
-ratio), hashed token-context models, a match model and a bias are mixed in the stretched domain by
-a gated linear mixer, refined by two APMs, and the final 16-bit probability is coded with the range
-coder. All arithmetic is int64 (numba), so encoder and decoder agree bit for bit on any machine.
+ratio), hashed token-context models (orders 0..16 and indirect models), a match model, two SSE maps
+of the LM probability and a bias are mixed in the stretched domain by four gated linear mixers
+whose outputs a second mixer combines, refined by two APMs, and the final 16-bit probability is
+coded with the range coder. All arithmetic is int64 (numba), so encoder and decoder agree bit for
+bit on any machine.
 
 API (all state starts fresh per chunk):
     MixerParams(...).to_bytes() / MixerParams.from_bytes(b)
@@ -16,7 +18,7 @@ API (all state starts fresh per chunk):
 
 This module holds the parameters, the state allocation and the coding loops; the per-bit models
 are in lmzip/ctxmodels.py. Memory per chunk: MixerParams.memory_bytes(max_tokens), about
-64 * 2^hash_bits bytes (70 MB with the defaults).
+64 * 2^hash_bits bytes + 26 MB (about 95 MB with the defaults).
 """
 
 import struct
@@ -47,24 +49,35 @@ from lmzip.ctxmodels import (
     H_NODE,
     H_OA1,
     H_OA2,
+    H_OIND,
     H_OMEM,
     H_OMM,
     H_ORD,
     H_ORT,
+    H_OS1,
+    H_OS2,
     H_OSM,
     H_OSQ,
     H_OST,
     H_OW,
+    H_OW2,
     H_SIZE,
     H_V,
+    IND_BITS,
+    IND_MAX,
+    IND_MIN,
     MAX_MODELS,
+    N_IND,
     N_WSETS,
+    N_WSETS2,
     NIN_MAX,
     NKNOT,
+    NMIX,
     P22,
     PONE,
     SM_SIZE,
     SQUASH_KNOTS,
+    SSE_BITS,
     XMAX,
     _bit_predict,
     _bit_update,
@@ -74,7 +87,8 @@ from lmzip.ctxmodels import (
 )
 from lmzip.errors import FormatError, VersionError
 
-MIXER_VERSION = 1
+MIXER_VERSION = 2
+CTX_W0 = 80  # initial total weight of the context-model inputs, in 1/64
 _PARAMS_FMT = "<BB8BBHBBBBB"  # version, n_orders, orders[8], hash_bits, limit, ...
 
 
@@ -82,18 +96,25 @@ _PARAMS_FMT = "<BB8BBHBBBBB"  # version, n_orders, orders[8], hash_bits, limit, 
 class MixerParams:
     """Every setting that changes the mixer's bytes (spec 6); stored in the file header."""
 
-    orders: tuple = (1, 2, 3, 4, 6)  # token-context orders, one hashed model each
+    # context models, one hashed model each: code k in 0..16 = the last k tokens (0: order 0),
+    # k in 33..35 = indirect model of order k - 32 (spec 5.1)
+    orders: tuple = (0, 1, 2, 3, 4, 6, 34, 35)
     hash_bits: int = 20  # 2^hash_bits buckets of 64 bytes shared by the context models
-    limit: int = 255  # adaptation count limit: rate 2 / (2n + 3), n <= limit
-    match_min: int = 4  # tokens hashed to find a match
+    limit: int = 60  # adaptation count limit: rate 2 / (2n + 3), n <= limit
+    match_min: int = 3  # tokens hashed to find a match
     match_bits: int = 18  # 2^match_bits match-table entries (int32 positions)
-    lr: int = 8  # mixer learning rate (w += x * err * lr >> 18)
+    lr: int = 14  # layer-1 mixer learning rate (w += x * err * lr >> 18)
     apm_rate: int = 5  # APM update shift
     apm2_bits: int = 14  # 2^apm2_bits APM2 contexts (previous token x node)
 
     def __post_init__(self):
-        if not 0 <= len(self.orders) <= MAX_MODELS or any(not 1 <= k <= 32 for k in self.orders):
-            raise ValueError(f"orders must be <= {MAX_MODELS} values in 1..32: {self.orders}")
+        if not 0 <= len(self.orders) <= MAX_MODELS or any(
+            not (0 <= k <= 16 or IND_MIN <= k <= IND_MAX) for k in self.orders
+        ):
+            raise ValueError(
+                f"orders must be <= {MAX_MODELS} values in 0..16 or {IND_MIN}..{IND_MAX}: "
+                f"{self.orders}"
+            )
         checks = (
             (10 <= self.hash_bits <= 24, "hash_bits in 10..24"),
             (1 <= self.limit <= CNT_MASK, f"limit in 1..{CNT_MASK}"),
@@ -119,7 +140,7 @@ class MixerParams:
         if len(b) < 1:
             raise FormatError("mixer params: empty")
         if b[0] != MIXER_VERSION:
-            raise VersionError(f"mixer version {b[0]} is not supported (this build: 1)")
+            raise VersionError(f"mixer version {b[0]} is not supported (this build: 2)")
         if len(b) != struct.calcsize(_PARAMS_FMT):
             raise FormatError(f"mixer params: {len(b)} bytes, expected 18")
         v = struct.unpack(_PARAMS_FMT, b)
@@ -141,6 +162,9 @@ def _body_size(prm: MixerParams) -> int:
         (2 * XMAX + 1) + PONE + (CNT_MASK + 1)
         + 16 * (1 << prm.hash_bits)
         + N_WSETS * NIN_MAX
+        + N_WSETS2 * NMIX
+        + 2 * (NKNOT << SSE_BITS)
+        + (N_IND << IND_BITS)
         + (APM1_SIZE + (1 << prm.apm2_bits)) * NKNOT
         + (1 << prm.match_bits)
         + SM_SIZE
@@ -157,7 +181,9 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     off = 0
     for key, size in (
         (H_OSQ, 2 * XMAX + 1), (H_OST, PONE), (H_ORT, CNT_MASK + 1),
-        (H_OMEM, 16 << prm.hash_bits), (H_OW, N_WSETS * NIN_MAX), (H_OA1, APM1_SIZE * NKNOT),
+        (H_OMEM, 16 << prm.hash_bits), (H_OW, N_WSETS * NIN_MAX), (H_OW2, N_WSETS2 * NMIX),
+        (H_OS1, NKNOT << SSE_BITS), (H_OS2, NKNOT << SSE_BITS), (H_OIND, N_IND << IND_BITS),
+        (H_OA1, APM1_SIZE * NKNOT),
         (H_OA2, NKNOT << prm.apm2_bits), (H_OMM, 1 << prm.match_bits), (H_OSM, SM_SIZE),
     ):  # fmt: skip
         head[key] = off
@@ -167,7 +193,7 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     head[H_V] = V
     head[H_B] = max(1, (V - 1).bit_length())
     head[H_NM] = len(prm.orders)
-    head[H_NIN] = len(prm.orders) + 3
+    head[H_NIN] = len(prm.orders) + 5
     head[H_ORD : H_ORD + len(prm.orders)] = prm.orders
     head[H_LIMIT], head[H_LR], head[H_APMRATE] = prm.limit, prm.lr, prm.apm_rate
     head[H_MMIN], head[H_MAXTOK] = prm.match_min, max_tokens
@@ -180,11 +206,15 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     # inputs (they are 0 until a context has been seen), which helps short chunks (spec 4).
     w = body[head[H_OW] : head[H_OW] + N_WSETS * NIN_MAX].reshape(N_WSETS, NIN_MAX)
     w[:, 0] = 1 << 16
-    w[:, 1 : 1 + len(prm.orders)] = 1 << 14
+    w[:, 1 : 1 + len(prm.orders)] = (1 << 16) * CTX_W0 // 64 // max(1, len(prm.orders))
     w[:, 1 + len(prm.orders)] = 1 << 15
+    w2 = body[head[H_OW2] : head[H_OW2] + N_WSETS2 * NMIX]
+    w2[:] = (1 << 16) // NMIX
     knots = np.array(SQUASH_KNOTS, np.int32) << 6  # APM point k starts at squash(128 (k - 24))
     body[head[H_OA1] : head[H_OA1] + APM1_SIZE * NKNOT] = np.tile(knots, APM1_SIZE)
     body[head[H_OA2] : head[H_OA2] + (NKNOT << prm.apm2_bits)] = np.tile(knots, 1 << prm.apm2_bits)
+    for key in (H_OS1, H_OS2):
+        body[head[key] : head[key] + (NKNOT << SSE_BITS)] = np.tile(knots, 1 << SSE_BITS)
     body[head[H_OSM] : head[H_OSM] + SM_SIZE] = P22 * 3 // 4
     head[H_MEXP] = -1
     return head, body, hist

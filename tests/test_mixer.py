@@ -96,7 +96,7 @@ def test_determinism_and_interleaved_decoders():
 
 
 def test_golden_payload():
-    """Pins the bitstream of mixer version 1 (format_spec/mixer.md, section 8)."""
+    """Pins the bitstream of mixer version 2 (format_spec/mixer.md, section 8)."""
     rng = np.random.default_rng(12345)
     V, n = 1024, 400
     p = lm_vectors(rng, n, V, "random")
@@ -106,8 +106,8 @@ def test_golden_payload():
     assert hashlib.sha256(payload).hexdigest() == GOLDEN_SHA256
 
 
-GOLDEN_LEN = 148
-GOLDEN_SHA256 = "004bc89580b586078725c9102b72e545d9fb71c4ea54a0599c0a1ac2cc66c643"
+GOLDEN_LEN = 151
+GOLDEN_SHA256 = "7cd63bcb42ec8906a8af37c5b77dfa07367d09705c9d2e5116e3c8169833bd43"
 
 
 def test_extreme_vocab_sizes():
@@ -142,17 +142,25 @@ def test_corrupt_payload_decodes_in_range():
 def test_params_round_trip_and_rejects():
     prm = MixerParams(orders=(1, 3, 7), hash_bits=12, limit=100, match_min=6, lr=3)
     b = prm.to_bytes()
-    assert len(b) <= 64 and b[0] == 1
+    assert len(b) <= 64 and b[0] == 2
     assert MixerParams.from_bytes(b) == prm
     assert MixerParams.from_bytes(MixerParams().to_bytes()) == MixerParams()
-    with pytest.raises(VersionError):
-        MixerParams.from_bytes(bytes([2]) + b[1:])
+    for v in (0, 1, 3, 255):  # version 1 streams (and unknown versions) are refused, not decoded
+        with pytest.raises(VersionError, match="mixer version"):
+            MixerParams.from_bytes(bytes([v]) + b[1:])
+    v1_default = bytes.fromhex("0105010203040600000014ff00041208050e")  # version 1 default params
+    with pytest.raises(VersionError, match="mixer version 1"):
+        MixerParams.from_bytes(v1_default)
     with pytest.raises(FormatError):
         MixerParams.from_bytes(b[:-1])
     with pytest.raises(FormatError):
         MixerParams.from_bytes(b[:10] + bytes([0]) + b[11:])  # hash_bits 0
     with pytest.raises(ValueError):
         MixerParams(orders=(1, 2, 3, 4, 5, 6, 7, 8, 9))
+    for bad in (17, 32, 36):
+        with pytest.raises(ValueError):
+            MixerParams(orders=(1, bad))
+    assert MixerParams.from_bytes(MixerParams(orders=(0, 33, 35)).to_bytes()).orders == (0, 33, 35)
 
 
 def test_memory_bound():
@@ -160,8 +168,9 @@ def test_memory_bound():
         prm = MixerParams(hash_bits=hb, match_bits=12, apm2_bits=8)
         _head, body, hist = _new_state(prm, 1024, 5000)
         assert body.nbytes + hist.nbytes == prm.memory_bytes(5000)
-        # buckets + match table + APM2 + history + fixed tables (stretch 256 KiB, APM1 784 KiB)
-        bound = (64 << hb) + (4 << 12) + (196 << 8) + 4 * 5000 + 1_100_000
+        # buckets + match table + APM2 + history + fixed tables (stretch 256 KiB, APM1 784 KiB,
+        # weights 112 KiB, SSE 2 x 12.25 MiB, indirect 768 KiB)
+        bound = (64 << hb) + (4 << 12) + (196 << 8) + 4 * 5000 + 1_300_000 + 26_500_000
         assert prm.memory_bytes(5000) <= bound
     with pytest.raises(ValueError):
         MixEncoder(SMALL, 10, 3).feed(np.ones((4, 10), np.int64), np.zeros(4, np.int32))
@@ -207,7 +216,10 @@ def _reference_cost(p_all, toks, prm):
     init = (1 << 21) << 9
     nb = 1 << prm.hash_bits
     tags, ents = [0] * nb, [[init] * 16 for _ in range(nb)]
-    W = [[65536] + [16384] * nm + [32768, 0] for _ in range(156)]
+    W = [[65536] + [(65536 * 80 // 64) // max(1, nm)] * nm + [32768, 0, 0, 0] for _ in range(2205)]
+    W2 = [[16384] * 4 for _ in range(64)]
+    SSE = [{}, {}]  # context -> 49 points, created on first use at their initial value
+    IT = [[0] * 65536 for _ in range(3)]
     A = [
         [[k << 6 for k in K] for _ in range(4096)],
         [[k << 6 for k in K] for _ in range(1 << prm.apm2_bits)],
@@ -235,11 +247,21 @@ def _reference_cost(p_all, toks, prm):
         for v in p:
             S.append(S[-1] + v)
         tokf = lambda j: t[j] if j >= 0 else 65536
+        def ctxq(q):
+            g = 0
+            for j in range(1, q + 1):
+                g = hstep(g, tokf(n - j))
+            return g
+
         ctx = []
         for k in prm.orders:
             h = (k * M2) & MASK
-            for j in range(1, k + 1):
-                h = hstep(h, tokf(n - j))
+            if k <= 16:
+                for j in range(1, k + 1):
+                    h = hstep(h, tokf(n - j))
+            else:
+                F = IT[k - 33][hfin(ctxq(k - 32)) & 65535]
+                h = hstep(hstep(h, F), tokf(n - 1))
             ctx.append(h)
         E = t[mptr] if mlen > 0 else None
         node, bits, base = 1, 0.0, [0] * nm
@@ -276,14 +298,26 @@ def _reference_cost(p_all, toks, prm):
             else:
                 x.append(0)
             x.append(256)
+            z0 = x[0] + 3072
+            k0, f0 = z0 >> 7, z0 & 127
+            es = [
+                hfin(hstep(hstep(0x51ED27, tokf(n - 1)), node)) & 65535,
+                hfin(hstep(hstep(hstep(0x2B992D, tokf(n - 2)), tokf(n - 1)), node)) & 65535,
+            ]
+            for i in (0, 1):
+                tab = SSE[i].setdefault(es[i], [k << 6 for k in K])
+                qsi = (tab[k0] * (128 - f0) + tab[k0 + 1] * f0) >> 13
+                x.append(st[min(max(qsi, 1), 65535)])
             a = abs(x[0])
             conf = 0 if a < 256 else (1 if a < 1024 else (2 if a < 2048 else 3))
-            ws = [(conf * 3 + ms) * 9 + known, 108 + 3 * d + ms]
+            ws = [(conf * 3 + ms) * 9 + known, 108 + 3 * d + ms, 156 + (node & 1023),
+                  1180 + min(tokf(n - 1), 1024)]  # fmt: skip
             dots = [
                 min(max(sum(wi * xi for wi, xi in zip(W[w], x)) >> 16, -XMAX), XMAX) for w in ws
             ]
             qs = [squash(v) for v in dots]
-            dot = (dots[0] + dots[1]) >> 1
+            u = 4 * d + conf
+            dot = min(max(sum(wi * di for wi, di in zip(W2[u], dots)) >> 16, -XMAX), XMAX)
             qm = squash(dot)
             z = dot + 3072
             k, f = z >> 7, z & 127
@@ -300,6 +334,11 @@ def _reference_cost(p_all, toks, prm):
                     min(max(wi + ((xi * err + (1 << 17)) >> 18), -(1 << 22)), 1 << 22)
                     for wi, xi in zip(W[w], x)
                 ]
+            err = (y << 16) - qm
+            W2[u] = [
+                min(max(wi + ((di * err + (1 << 17)) >> 18), -(1 << 22)), 1 << 22)
+                for wi, di in zip(W2[u], dots)
+            ]
             for m in range(nm):
                 e = ents[base[m]][jn]
                 pp, c = e >> 9, e & 511
@@ -310,10 +349,17 @@ def _reference_cost(p_all, toks, prm):
             for i in (0, 1):
                 pt = k + (f >> 6)
                 A[i][cs[i]][pt] += ((y << 22) - A[i][cs[i]][pt]) >> prm.apm_rate
+                pt = k0 + (f0 >> 6)
+                SSE[i][es[i]][pt] += ((y << 22) - SSE[i][es[i]][pt]) >> 6
             node = 2 * node + y
         costs.append(bits)
         t.append(s)
         n1 = n + 1
+        g = 0
+        for q in range(1, 4):
+            g = hstep(g, t[n1 - 1 - q] if n1 - 1 - q >= 0 else 65536)
+            i = hfin(g) & 65535
+            IT[q - 1][i] = ((IT[q - 1][i] << 10) | s) & ((1 << 20) - 1)
         if mlen > 0 and t[mptr] == s:
             mlen, mptr = min(mlen + 1, 65535), mptr + 1
         else:
@@ -335,8 +381,9 @@ def _reference_cost(p_all, toks, prm):
 
 def test_spec_reference_implementation_agrees():
     rng = np.random.default_rng(7)
-    prm = MixerParams(orders=(1, 2, 4), hash_bits=10, match_bits=8, apm2_bits=6, match_min=2)
-    for V, n in ((37, 120), (256, 60)):
+    prm = MixerParams(orders=(0, 1, 2, 4, 33, 35), hash_bits=10, match_bits=8, apm2_bits=6,
+                      match_min=2)  # fmt: skip
+    for V, n in ((37, 120), (256, 60), (1100, 40)):
         p = lm_vectors(rng, n, V, "mixed")
         toks = correlated_tokens(rng, n, V)
         np.testing.assert_allclose(
