@@ -325,8 +325,9 @@ def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: 
     number of jobs in flight (memory stays bounded by chunk and batch sizes)."""
     if workers <= 1:
         _WORKER["model"] = model
-        # one thread: decode batches are too small for intra-op threads to pay (measured)
-        torch.set_num_threads(1)
+        # a single job in flight (one chunk, or a batch of streams): intra-op threads are the
+        # only parallelism left; decoding passes 1 (its small GEMMs do not pay for threads)
+        torch.set_num_threads(max(1, threads))
         for job in jobs:
             yield fn(job)
         return
@@ -402,8 +403,10 @@ def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=
     )
     writer = stream.StreamWriter(dst, params)
     hasher, total = stream.ContentHasher(), 0
-    groups = _groups(_read_chunks(src, opts.chunk_size), opts.batch_size)
-    first = list(itertools.islice(groups, 2))
+    # one chunk per job: chunks are independent, so every worker process gets work even for a
+    # file of two chunks (the LM windows inside a chunk are batched by opts.batch_size)
+    groups = _groups(_read_chunks(src, opts.chunk_size), 1)
+    first = list(itertools.islice(groups, 8))
     workers = opts.workers(len(first))
     raws_by_job: deque = deque()
 
@@ -413,7 +416,8 @@ def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=
             yield (g, opts.precision, params.mixer, opts.batch_size)
 
     methods = dict.fromkeys(stream.METHODS.values(), 0)
-    for coded in _run_ordered(_worker_encode, jobs(), workers, model, opts.threads or 2):
+    threads = opts.threads or (os.cpu_count() or 1)
+    for coded in _run_ordered(_worker_encode, jobs(), workers, model, threads):
         for raw, (method, payload, n_tok) in zip(raws_by_job.popleft(), coded):
             rec = stream.ChunkRecord(method, len(raw), n_tok, len(payload),
                                      stream.chunk_checksum(raw))  # fmt: skip
@@ -459,10 +463,12 @@ def decompress_stream(src, write, model: LoadedModel, opts: CodingOptions, progr
     check_compatible(h, model)
     mixer_bytes = h.mixer
     hasher, total = stream.ContentHasher(), 0
-    jobs = ((g, h.precision, mixer_bytes) for g in _groups(iter(reader), opts.batch_size))
-    workers = opts.workers(max(1, h.n_chunks // max(1, opts.batch_size)))
+    # streams per batch: up to batch_size, but spread so that every worker process decodes
+    workers = opts.workers(h.n_chunks)
+    per_job = max(1, min(opts.batch_size, -(-h.n_chunks // workers)))
+    jobs = ((g, h.precision, mixer_bytes) for g in _groups(iter(reader), per_job))
     for group in _run_ordered(_decode_job, _tee_records(jobs, pending := deque()), workers,
-                              model, opts.threads or 2):  # fmt: skip
+                              model, 1):  # fmt: skip
         for (record, _), data in zip(pending.popleft(), group):
             stream.verify_chunk(record, data)
             hasher.update(data)

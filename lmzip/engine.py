@@ -26,6 +26,7 @@ from lmzip.numerics import (
     ATT_EXP_SIZE,
     NUMERICS_VERSION,
     att_exp_table,
+    exp_tables_np,
     div_round,
     isqrt,
     isqrt_int,
@@ -40,6 +41,8 @@ AQ = 16383  # activations are 15-bit: int8 pairs (hi, lo) with a = 128 hi + lo
 V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
 I64_MAX = (1 << 63) - 1
+STEP_ALL_MAX_B = 64  # batches up to which a step runs as one compiled call
+SMALL_M = 16  # rows up to which the fused linear beats a GEMM (benchmarks/bench_engine.py)
 SCALE_MAX = 1 << 27  # weight scales must be <= 8 (Q24): |t * WS| < 2^35 * 2^27 < 2^63
 
 
@@ -76,10 +79,27 @@ class _Linear:
         self.mm = MatMul(torch.from_numpy(vals.astype(np.int8)).t().to(device), qmax, prefer)
         self.rows = torch.from_numpy(vals.astype(np.int8)).to(device)  # for embedding lookups
         self.ws_np = self.ws.cpu().numpy()
+        # fused CPU paths: few rows (decoding steps) in one numba pass with exact int32 sums;
+        # many rows with the float32 kernel, both halves in one GEMM, no int8 round trip
+        k = vals.shape[1]
+        cpu = self.ws.device.type == "cpu"
+        self.w_rows = self.rows.numpy() if cpu and k * AQ * qmax < (1 << 31) else None
+        self.wf = None
+        if self.mm.kernel == "f32" and k * 128 * qmax < (1 << 24) and cpu:
+            self.wf = self.mm.w.float()
 
     def __call__(self, a, a_scale, frac: int, lim: int = I64_MAX, fused: bool = False):
         """a [N, K] in [-16383, 16383], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
         (numerics.md "linear"): two exact int8 products, a = 128 * hi + lo, lo in [0, 127]."""
+        if fused and self.w_rows is not None and a.size(0) <= SMALL_M:
+            out = rowops.linear_rows(a.numpy(), self.w_rows, a_scale.numpy(), self.ws_np,
+                                     32 - frac, -lim, lim)  # fmt: skip
+            return torch.from_numpy(out)
+        if fused and self.wf is not None:
+            prod = torch.from_numpy(rowops.split_hilo(a.numpy())) @ self.wf
+            out = rowops.rescale_hilo(prod.numpy(), a_scale.numpy(), self.ws_np, 32 - frac,
+                                      -lim, lim)  # fmt: skip
+            return torch.from_numpy(out)
         hi = (a >> 7).to(torch.int8)
         lo = (a & 127).to(torch.int8)
         acc = self.mm(hi).long() * 128 + self.mm(lo).long()
@@ -95,10 +115,12 @@ class _Linear:
 @dataclass
 class DecodeState:
     """KV caches of B streams per layer: k [B, K, W, E] (int8 values) and v [B, K, W, E] (Q10),
-    as int8/int32 for the fused kernel or float32/float64 for the GEMMs (exact either way)."""
+    as int32/float64 for the fused kernel or float32/float64 for the GEMMs (exact either way)."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
+    k_all: torch.Tensor | None = None  # [L, B, K, W, E]: the per-layer caches are its views
+    v_all: torch.Tensor | None = None
 
 
 class Engine:
@@ -165,6 +187,30 @@ class Engine:
         self.cos_np, self.sin_np = self.cos.cpu().numpy(), self.sin.cpu().numpy()
         self.att_exp = att_exp_table(dev)
         self.att_np = self.att_exp.cpu().numpy()
+        self._stacked = self._stack() if self.fused else None
+
+    def _stack(self):
+        """Arguments of rowops.step_all (the whole step in one compiled call), or None where a
+        linear's int32 sums could overflow (then steps run layer by layer)."""
+        lins = [self.emb] + [lay[n] for lay in self.layers for n in
+                             ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")]
+        if any(lin.w_rows is None for lin in lins):
+            return None
+
+        def stack(name):
+            w = np.stack([lay[name].w_rows for lay in self.layers])
+            ws = np.stack([lay[name].ws_np for lay in self.layers])
+            return w, ws
+
+        args = [self.emb.w_rows, self.emb.ws_np]
+        for name in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"):
+            args += stack(name)
+        gains = np.stack([lay["gain"].numpy() for lay in self.layers])
+        skip = self.skip.numpy() if self.skip.numel() else np.zeros((1, self.d), np.int64)
+        args += [gains, skip, self.cos_np, self.sin_np, self.att_np]
+        tail = (self.sqd, self.sqe, self.e, self.cfg.logit_softcap, *exp_tables_np(),
+                np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))
+        return args, tail
 
     # -- tables (numerics.md "RoPE") ------------------------------------------------------------
     def _rope_tables(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,6 +335,10 @@ class Engine:
         causal = torch.arange(t, device=self.device)[None, :].expand(n, t)
 
         def attn(i, q, k, v, gain):
+            if self.fused:
+                y = rowops.attend_fwd(q.numpy(), k.numpy(), v.reshape(n * t, -1).numpy(), t,
+                                      gain.numpy(), self.att_np)  # fmt: skip
+                return torch.from_numpy(y)
             q = q.view(n, t, self.h, self.e).transpose(1, 2)
             k = k.view(n, t, self.kv, self.e).transpose(1, 2)
             v = v.view(n, t, self.kv, self.e).transpose(1, 2)
@@ -301,11 +351,11 @@ class Engine:
         shp = (batch, self.kv, self.window, self.e)
         dev = self.device
         # the fused kernel reads integers; the torch path reads the GEMM types (exact values)
-        kt, vt = (torch.int8, torch.int32) if self.fused else (torch.float32, torch.float64)
-        return DecodeState(
-            k=[torch.zeros(shp, dtype=kt, device=dev) for _ in self.layers],
-            v=[torch.zeros(shp, dtype=vt, device=dev) for _ in self.layers],
-        )
+        kt, vt = (torch.int32, torch.float64) if self.fused else (torch.float32, torch.float64)
+        n = len(self.layers)
+        k_all = torch.zeros((n,) + shp, dtype=kt, device=dev)
+        v_all = torch.zeros((n,) + shp, dtype=vt, device=dev)
+        return DecodeState(k=list(k_all), v=list(v_all), k_all=k_all, v_all=v_all)
 
     @torch.no_grad()
     def step(self, state: DecodeState, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -313,6 +363,11 @@ class Engine:
         < pos[b] of its current window) -> capped logits Q16 [B, V] for the next token."""
         b = tokens.size(0)
         tokens, pos = tokens.to(self.device), pos.to(self.device)
+        if self._stacked is not None and b <= STEP_ALL_MAX_B and state.k_all is not None:
+            args, tail = self._stacked
+            out = rowops.step_all(tokens.numpy(), pos.numpy(), *args, state.k_all.numpy(),
+                                  state.v_all.numpy(), *tail)  # fmt: skip
+            return torch.from_numpy(out)
         rows = torch.arange(b, device=self.device)
         tk = int(pos.max()) + 1
 

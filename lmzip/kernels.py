@@ -15,6 +15,7 @@ Three kernels compute it:
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 
@@ -78,6 +79,29 @@ def kernel_ok(name: str, k: int, n: int, wmax: int, device: str) -> bool:
         return False
 
 
+@functools.cache
+def kernel_seconds(name: str, k: int, n: int, device: str, m: int = 64) -> float:
+    """Median time of kernel `name` on an [m, K] x [K, N] product on this machine. Every kernel
+    that passed the self-test gives the same integers, so choosing by speed changes no result;
+    it matters: on AVX2-only x86 (no VNNI) oneDNN's exact `_int_mm` runs at ~2 GOP/s, 30x
+    slower than the float32 GEMM (benchmarks/results/kernels-*)."""
+    dev = torch.device(device)
+    a = torch.randint(-128, 128, (m, k), dtype=torch.int8).to(dev)
+    w = torch.randint(-31, 32, (k, n), dtype=torch.int8).to(dev)
+    fn = _IMPL[name]
+    fn(a, w, 127)
+    times = []
+    for _ in range(5):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn(a, w, 127)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 class MatMul:
     """An exact int8 x int8 -> int64 product for one weight matrix, using the fastest kernel
     that passed the self-test for its shape and weight range (or the one forced by `prefer`)."""
@@ -87,11 +111,11 @@ class MatMul:
         self.wmax = wmax
         k, n = self.w.shape
         dev = str(self.w.device)
-        order = KERNELS if prefer == "auto" else (prefer,)
-        for name in order:
-            if name == "f64" or kernel_ok(name, k, n, wmax, dev):
-                self.kernel = name
-                break
+        if prefer == "auto":
+            ok = [name for name in KERNELS if name == "f64" or kernel_ok(name, k, n, wmax, dev)]
+            self.kernel = min(ok, key=lambda name: kernel_seconds(name, k, n, dev))
+        elif prefer == "f64" or kernel_ok(prefer, k, n, wmax, dev):
+            self.kernel = prefer
         else:  # a forced kernel that failed its self-test: never use it silently
             self.kernel = "f64"
         self._fn = _IMPL[self.kernel]

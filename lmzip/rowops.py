@@ -124,6 +124,61 @@ def absquant(y, shift, aq):
 
 
 @njit(cache=True)
+def split_hilo(a):
+    """15-bit activations int64 [N, K] -> float32 [2N, K]: rows hi = a >> 7 then lo = a & 127,
+    the two exact int8 halves of numerics.md "linear", as GEMM operands."""
+    n, k = a.shape
+    out = np.empty((2 * n, k), np.float32)
+    for r in range(n):
+        for c in range(k):
+            v = a[r, c]
+            out[r, c] = np.float32(v >> 7)
+            out[n + r, c] = np.float32(v & 127)
+    return out
+
+
+@njit(cache=True)
+def rescale_hilo(prod, a_scale, ws, shift, lo, hi):
+    """`rescale` of acc = 128 * prod[:N] + prod[N:], prod float32 [2N, M] holding the exact
+    integer products of the hi and lo halves (each |sum| < 2^24, so exact in float32)."""
+    n2, m = prod.shape
+    n = n2 // 2
+    out = np.empty((n, m), np.int64)
+    for r in range(n):
+        s = a_scale[r]
+        for c in range(m):
+            acc = np.int64(prod[r, c]) * 128 + np.int64(prod[n + r, c])
+            t = _rs(acc * s, 16)
+            v = _rs(t * ws[c], shift)
+            out[r, c] = min(max(v, lo), hi)
+    return out
+
+
+@njit(cache=True)
+def linear_rows(a, w, a_scale, ws, shift, lo, hi):
+    """Small-batch linear, product and epilogue in one pass: a int64 [M, K] in [-16383, 16383],
+    w int8 [N, K] -> clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) with acc = a . w_n.
+    The caller guarantees K * 16383 * max|w| < 2^31, so the int32 sums are exact; on 2-core
+    AVX2 machines this beats a float32 GEMM of the two int8 halves up to M ~ 16 rows."""
+    m, k = a.shape
+    n = w.shape[0]
+    out = np.empty((m, n), np.int64)
+    row = np.empty(k, np.int16)
+    for r in range(m):
+        for c in range(k):
+            row[c] = a[r, c]
+        s = a_scale[r]
+        for j in range(n):
+            d = np.int32(0)
+            for c in range(k):
+                d += np.int32(row[c]) * np.int32(w[j, c])
+            t = _rs(np.int64(d) * s, 16)
+            v = _rs(t * ws[j], shift)
+            out[r, j] = min(max(v, lo), hi)
+    return out
+
+
+@njit(cache=True)
 def rescale(acc, a_scale, ws, shift, lo, hi):
     """Linear epilogue: clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) for acc [N, M]."""
     n, m = acc.shape
@@ -230,42 +285,155 @@ def freq_rows(p, precision):
     return out
 
 
+@njit(cache=True, inline="always")
+def _attend_row(qrow, keys, vals, n, gh, att, lg, acc):
+    """One query row against keys[0:n] (int32 [W, E]) and values vals[0:n] (float64 [W, E],
+    exact Q10 integers): fills acc (float64 [E]) with sum_j P_j * v_j, P in Q16. The dot products
+    fit int32 (|dot| < 2^22); each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the
+    float64 sums are exact integers in any order (numerics.md "Attention")."""
+    e = qrow.shape[0]
+    last = att.shape[0] - 1
+    m = np.int64(-(1 << 62))
+    for j in range(n):
+        d = np.int32(0)
+        for c in range(e):
+            d += qrow[c] * keys[j, c]
+        v = _rs(np.int64(d) * gh, 16)
+        lg[j] = v
+        if v > m:
+            m = v
+    s = np.int64(0)
+    for j in range(n):
+        w = att[min((m - lg[j]) >> 8, last)]
+        lg[j] = w
+        s += w
+    inv = 1.0 / np.float64(s)
+    acc[:] = 0.0
+    for j in range(n):
+        p = _floordiv_est(lg[j] << 16, s, inv)
+        if p == 0:
+            continue
+        pf = np.float64(p)
+        for c in range(e):
+            acc[c] += pf * vals[j, c]
+
+
+@njit(cache=True)
+def attend_fwd(q, k, v, t_n, gain, att):
+    """Teacher-forced causal attention of whole windows: q int8 [N*T, H, E], k int8 [N*T, K, E],
+    v Q10 int64 [N*T, K*E], rows grouped by window of t_n positions -> y Q10 int64 [N*T, H*E].
+    Query t of a window sees keys 0..t of its window; masked keys are skipped, not computed."""
+    rows, h_n, e = q.shape
+    kv_n = k.shape[1]
+    g = h_n // kv_n
+    out = np.empty((rows, h_n * e), np.int64)
+    keys = np.empty((t_n, e), np.int32)
+    vals = np.empty((t_n, e), np.float64)
+    lg = np.empty(t_n, np.int64)
+    acc = np.empty(e, np.float64)
+    qrow = np.empty(e, np.int32)
+    for w in range(rows // t_n):
+        base = w * t_n
+        for kh in range(kv_n):
+            for j in range(t_n):
+                for c in range(e):
+                    keys[j, c] = k[base + j, kh, c]
+                    vals[j, c] = np.float64(v[base + j, kh * e + c])
+            for h in range(kh * g, kh * g + g):
+                for t in range(t_n):
+                    for c in range(e):
+                        qrow[c] = q[base + t, h, c]
+                    _attend_row(qrow, keys, vals, t + 1, gain[h], att, lg, acc)
+                    for c in range(e):
+                        out[base + t, h * e + c] = _rs(np.int64(acc[c]), 16)
+    return out
+
+
 @njit(cache=True)
 def attend_step(q, kc, vc, pos, gain, att):
-    """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, W, E] and vc int32 Q10
-    [B, K, W, E], keys 0..pos[b] -> y Q10 int64 [B, H*E].
+    """One query per stream: q int8 [B, H, E], caches kc int32 (int8 values) and vc float64
+    (exact Q10 integers) [B, K, W, E], keys 0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold
+    the types the loops compute in, so no step copies them.
     Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P, sum, rs)."""
     b_n, h_n, e = q.shape
-    g = h_n // kc.shape[1]
-    last = att.shape[0] - 1
+    kv_n = kc.shape[1]
+    g = h_n // kv_n
     out = np.empty((b_n, h_n * e), np.int64)
+    lg = np.empty(kc.shape[2], np.int64)
+    acc = np.empty(e, np.float64)
+    qrow = np.empty(e, np.int32)
     for b in range(b_n):
         n = pos[b] + 1
-        lg = np.empty(n, np.int64)
-        acc = np.empty(e, np.int64)
         for h in range(h_n):
             kh = h // g
-            m = np.int64(-(1 << 62))
-            for j in range(n):
-                d = np.int32(0)  # |dot| < 2^22: int32 is exact and vectorizes
-                for c in range(e):
-                    d += np.int32(q[b, h, c]) * np.int32(kc[b, kh, j, c])
-                v = _rs(np.int64(d) * gain[h], 16)
-                lg[j] = v
-                if v > m:
-                    m = v
-            s = np.int64(0)
-            for j in range(n):
-                w = att[min((m - lg[j]) >> 8, last)]
-                lg[j] = w
-                s += w
-            acc[:] = 0
-            for j in range(n):
-                p = (lg[j] << 16) // s
-                if p == 0:
-                    continue
-                for c in range(e):
-                    acc[c] += p * np.int64(vc[b, kh, j, c])
             for c in range(e):
-                out[b, h * e + c] = _rs(acc[c], 16)
+                qrow[c] = q[b, h, c]
+            _attend_row(qrow, kc[b, kh], vc[b, kh], n, gain[h], att, lg, acc)
+            for c in range(e):
+                out[b, h * e + c] = _rs(np.int64(acc[c]), 16)
     return out
+
+
+@njit(cache=True)
+def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
+             wsdn, gains, skip, cos, sin, att, kc, vc, sqd, sqe, e, cap, tn, ta, tb, lims):
+    """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
+    dispatch. Weights are stacked per layer ([L, out, in] int8, scales [L, out] Q24), caches
+    kc int32 / vc float64 [L, B, K, W, E] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
+    Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
+    res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
+    big = np.int64(9223372036854775807)
+    b_n = tokens.shape[0]
+    d = emb_w.shape[1]
+    n_layer = wq.shape[0]
+    kv_n = kc.shape[2]
+    x = np.empty((b_n, d), np.int64)
+    for b in range(b_n):
+        t = tokens[b]
+        for c in range(d):
+            x[b, c] = _rs(np.int64(emb_w[t, c]) * emb_ws[t], 12)
+    n_enc = n_layer // 2
+    skips = np.empty((max(n_enc, 1), b_n, d), np.int64)
+    ns = 0
+    for i in range(n_layer):
+        if i >= n_enc and ns > 0:
+            ns -= 1
+            for b in range(b_n):
+                for c in range(d):
+                    v = x[b, c] + _rs(skips[ns, b, c] * skip[i - n_enc, c], 24)
+                    x[b, c] = min(max(v, -res_max), res_max)
+        a, s = normquant(x, sqd, aq)
+        q = qk_rows(linear_rows(a, wq[i], s, wsq[i], 20, -big, big), pos, cos, sin, sqe, e)
+        k = qk_rows(linear_rows(a, wk[i], s, wsk[i], 20, -big, big), pos, cos, sin, sqe, e)
+        vv = linear_rows(a, wv[i], s, wsv[i], 22, -v_max, v_max)
+        for b in range(b_n):
+            p = pos[b]
+            for h in range(kv_n):
+                for c in range(e):
+                    kc[i, b, h, p, c] = k[b, h, c]
+                    vc[i, b, h, p, c] = np.float64(vv[b, h * e + c])
+        y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
+        a, s = absquant(y, 14, aq)
+        o = linear_rows(a, wo[i], s, wso[i], 20, -big, big)
+        for b in range(b_n):
+            for c in range(d):
+                x[b, c] = min(max(x[b, c] + o[b, c], -res_max), res_max)
+        a, s = normquant(x, sqd, aq)
+        hid = linear_rows(a, wup[i], s, wsup[i], 20, -h_max, h_max)
+        for b in range(b_n):
+            for c in range(hid.shape[1]):
+                hv = max(hid[b, c], 0)
+                hid[b, c] = hv * hv
+        a, s = absquant(hid, 0, aq)
+        dn = linear_rows(a, wdn[i], s, wsdn[i], 20, -big, big)
+        for b in range(b_n):
+            for c in range(d):
+                x[b, c] = min(max(x[b, c] + dn[b, c], -res_max), res_max)
+        if i < n_enc:
+            skips[ns] = x
+            ns += 1
+    a, s = normquant(x, sqd, aq)
+    lg = linear_rows(a, emb_w, s, emb_ws, 16, -logit_max, logit_max)
+    if cap == 0:
+        return lg
+    return softcap_rows(lg, cap, tn, ta, tb)

@@ -195,13 +195,19 @@ def test_rejects_out_of_range_tensors(mf):
 def test_fused_kernels_equal_torch_reference(mf):
     """The numba kernels (CPU default) compute exactly the torch reference's integers."""
     fused, ref = Engine(mf, fused=True), Engine(mf, fused=False)
+    layered = Engine(mf, fused=True)
+    layered._stacked = None  # steps layer by layer (batches over STEP_ALL_MAX_B streams)
+    assert fused._stacked is not None  # steps run as one compiled call (rowops.step_all)
     w = _windows(3, fused.window, fused.vocab_size, seed=17)
-    assert torch.equal(fused.forward(w), ref.forward(w))
-    sf, sr = fused.new_state(3), ref.new_state(3)
+    assert torch.equal(fused.forward(w), ref.forward(w))  # many rows: float32 GEMM halves
+    assert torch.equal(fused.forward(w[:1, :12]), ref.forward(w[:1, :12]))  # few: linear_rows
+    sf, sr, sl = fused.new_state(3), ref.new_state(3), layered.new_state(3)
     for i in range(w.size(1)):
         pos = torch.tensor([i, i % 5, max(0, i - 9)])
         toks = torch.stack([w[0, i], w[1, i % 5], w[2, max(0, i - 9)]])
-        assert torch.equal(fused.step(sf, toks, pos), ref.step(sr, toks, pos))
+        want = ref.step(sr, toks, pos)
+        assert torch.equal(fused.step(sf, toks, pos), want)
+        assert torch.equal(layered.step(sl, toks, pos), want)
 
 
 def test_fused_table_functions_equal_reference():
