@@ -38,6 +38,7 @@ MAX_MODELS = 8
 WMAX = 1 << 22  # mixer weights are 16.16 fixed point, clamped to [-WMAX, WMAX]
 NIN_MAX = MAX_MODELS + 5  # LM, context models, match, bias, 2 SSE-of-LM inputs
 IND_MIN, IND_MAX = 33, 35  # order codes 33..35: indirect models of order 1..3 (spec 5.1)
+LMC_MIN, LMC_MAX = 40, 42  # codes 40..42: the LM's most probable token + the last k - 40 tokens
 
 # head scalars
 H_V, H_B, H_N, H_NM, H_NIN = 0, 1, 2, 3, 4
@@ -140,9 +141,12 @@ def _token_begin(head, body, hist, p):
     V = head[H_V]
     s = 0
     head[H_SIZE] = 0
+    best = 0
     for t in range(V):
         s += p[t]
         head[H_SIZE + t + 1] = s
+        if p[t] > p[best]:
+            best = t
     n = head[H_N]
     imask = (1 << IND_BITS) - 1
     for m in range(head[H_NM]):
@@ -150,6 +154,11 @@ def _token_begin(head, body, hist, p):
         h = (k * M2) & MASK32
         if k < IND_MIN:
             for j in range(1, k + 1):
+                h = _hstep(h, hist[n - j] if n - j >= 0 else 65536)
+        elif k >= LMC_MIN:
+            # the LM's most probable token (lowest index on ties), with the last k - 40 tokens
+            h = _hstep(h, best)
+            for j in range(1, k - LMC_MIN + 1):
                 h = _hstep(h, hist[n - j] if n - j >= 0 else 65536)
         else:
             # indirect: the last two tokens that followed the order-q context, and tok(n - 1)

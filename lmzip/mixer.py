@@ -66,6 +66,8 @@ from lmzip.ctxmodels import (
     IND_BITS,
     IND_MAX,
     IND_MIN,
+    LMC_MAX,
+    LMC_MIN,
     MAX_MODELS,
     N_IND,
     N_WSETS,
@@ -97,8 +99,8 @@ class MixerParams:
     """Every setting that changes the mixer's bytes (spec 6); stored in the file header."""
 
     # context models, one hashed model each: code k in 0..16 = the last k tokens (0: order 0),
-    # k in 33..35 = indirect model of order k - 32 (spec 5.1)
-    orders: tuple = (0, 1, 2, 3, 4, 6, 34, 35)
+    # 33..35 = indirect model of order k - 32, 40..42 = LM argmax + last k - 40 tokens (spec 5.1)
+    orders: tuple = (0, 1, 2, 3, 4, 6, 34, 41)
     hash_bits: int = 20  # 2^hash_bits buckets of 64 bytes shared by the context models
     limit: int = 60  # adaptation count limit: rate 2 / (2n + 3), n <= limit
     match_min: int = 3  # tokens hashed to find a match
@@ -109,10 +111,12 @@ class MixerParams:
 
     def __post_init__(self):
         if not 0 <= len(self.orders) <= MAX_MODELS or any(
-            not (0 <= k <= 16 or IND_MIN <= k <= IND_MAX) for k in self.orders
+            not (0 <= k <= 16 or IND_MIN <= k <= IND_MAX or LMC_MIN <= k <= LMC_MAX)
+            for k in self.orders
         ):
             raise ValueError(
-                f"orders must be <= {MAX_MODELS} values in 0..16 or {IND_MIN}..{IND_MAX}: "
+                f"orders must be <= {MAX_MODELS} values in 0..16, {IND_MIN}..{IND_MAX} or "
+                f"{LMC_MIN}..{LMC_MAX}: "
                 f"{self.orders}"
             )
         checks = (

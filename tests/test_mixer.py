@@ -107,7 +107,7 @@ def test_golden_payload():
 
 
 GOLDEN_LEN = 151
-GOLDEN_SHA256 = "9da4803698b894a6271f03784931dc9f689f3904ff82d6052f3a30c435337360"
+GOLDEN_SHA256 = "c0276476b547d3d757f3c490a38796c262a3b4a908b0bf13db1e99510bab5569"
 
 
 def test_extreme_vocab_sizes():
@@ -157,10 +157,11 @@ def test_params_round_trip_and_rejects():
         MixerParams.from_bytes(b[:10] + bytes([0]) + b[11:])  # hash_bits 0
     with pytest.raises(ValueError):
         MixerParams(orders=(1, 2, 3, 4, 5, 6, 7, 8, 9))
-    for bad in (17, 32, 36):
+    for bad in (17, 32, 36, 39, 43):
         with pytest.raises(ValueError):
             MixerParams(orders=(1, bad))
-    assert MixerParams.from_bytes(MixerParams(orders=(0, 33, 35)).to_bytes()).orders == (0, 33, 35)
+    prm = MixerParams(orders=(0, 33, 35, 40, 42))
+    assert MixerParams.from_bytes(prm.to_bytes()).orders == (0, 33, 35, 40, 42)
 
 
 def test_memory_bound():
@@ -259,9 +260,13 @@ def _reference_cost(p_all, toks, prm):
             if k <= 16:
                 for j in range(1, k + 1):
                     h = hstep(h, tokf(n - j))
-            else:
+            elif k <= 35:
                 F = IT[k - 33][hfin(ctxq(k - 32)) & 65535]
                 h = hstep(hstep(h, F), tokf(n - 1))
+            else:
+                h = hstep(h, p.index(max(p)))
+                for j in range(1, k - 40 + 1):
+                    h = hstep(h, tokf(n - j))
             ctx.append(h)
         E = t[mptr] if mlen > 0 else None
         node, bits, base = 1, 0.0, [0] * nm
@@ -381,8 +386,8 @@ def _reference_cost(p_all, toks, prm):
 
 def test_spec_reference_implementation_agrees():
     rng = np.random.default_rng(7)
-    prm = MixerParams(orders=(0, 1, 2, 4, 33, 35), hash_bits=10, match_bits=8, apm2_bits=6,
-                      match_min=2)  # fmt: skip
+    prm = MixerParams(orders=(0, 1, 2, 4, 33, 35, 40, 42), hash_bits=10, match_bits=8,
+                      apm2_bits=6, match_min=2)  # fmt: skip
     for V, n in ((37, 120), (256, 60), (1100, 40)):
         p = lm_vectors(rng, n, V, "mixed")
         toks = correlated_tokens(rng, n, V)
