@@ -82,7 +82,7 @@ def info(path: str | None) -> dict:
 # of window-1 tokens, each read by the model after a BOS at position 0 (numerics.md "Windows").
 # ---------------------------------------------------------------------------------------------
 
-DEFAULT_CHUNK_SIZE = 1 << 18  # adaptivity needs long chunks: see README "Chunk size"
+DEFAULT_CHUNK_SIZE = 1 << 20  # adaptivity needs long chunks: see README "Chunk size"
 DEFAULT_PRECISION = 24
 DEFAULT_BATCH = 16
 
@@ -665,10 +665,10 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
     raw = _verify_inputs(path, lm.tokenizer)
     mixer = MixerParams()
     chunks = [raw[i : i + opts.chunk_size] for i in range(0, len(raw), opts.chunk_size)]
-    jobs = ((g, opts.precision, mixer.to_bytes(), opts.batch_size)
-            for g in _groups(iter(chunks), opts.batch_size))  # fmt: skip
-    workers = opts.workers(max(1, len(chunks) // opts.batch_size))
-    results = [r for group in _run_ordered(_worker_verify, jobs, workers, lm, opts.threads or 2)
+    jobs = (([c], opts.precision, mixer.to_bytes(), opts.batch_size) for c in chunks)
+    workers = opts.workers(len(chunks))  # one chunk per job, as compress_stream
+    threads = opts.threads or (os.cpu_count() or 1)
+    results = [r for group in _run_ordered(_worker_verify, jobs, workers, lm, threads)
                for r in group]  # fmt: skip
     files = {}
     for mode in ("mixed", "lm_only"):
