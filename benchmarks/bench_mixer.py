@@ -1,6 +1,14 @@
 """Mixer benchmark: bits per byte (LM alone vs mixed) with stand-in LMs, and tokens per second.
 
 Run: python benchmarks/bench_mixer.py [--quick] [--out benchmarks/results/mixer-DATE.json]
+     python benchmarks/bench_mixer.py --real DIR [--kib 2048] [--chunks 256,1024,2048] [--out F]
+
+--real uses the shipped model's own LM rows (api.lm_probabilities) for the first --kib KiB of each
+dev file, computed once (about 1,500 tokens/s per core) and cached in DIR as NAME.toks.npy and
+NAME.rows.i32 (int32 [n, V], 4 KiB per token); it reports LM-only bpb (P = 16 table rule) and the
+mixer's real payload bpb for each chunk size (the text is cut into chunks of that many bytes at
+token boundaries, one fresh mixer state per chunk, as api does), and encode/decode us per token
+on the first 40,000 tokens (decode one token at a time inside numba, as the batched decoder does).
 
 The real LM is not trained yet, so the LM vectors come from stand-ins built on a sample of
 train_mix (never on a dev set), tokenized with the BPE vocab-1024 model:
@@ -155,11 +163,87 @@ def decode_speed(table, toks, prm, payload, n, sure):
     return n / dt
 
 
+def real_rows(cache: str, name: str, kib: int):
+    """(tokens, memmapped Q30 rows int32 [n, V], byte length of each token) of the dev prefix."""
+    from lmzip import api
+
+    os.makedirs(cache, exist_ok=True)
+    tf, rf = os.path.join(cache, name + ".toks.npy"), os.path.join(cache, name + ".rows.i32")
+    model = api.load_model(None)
+    V = model.engine.vocab_size
+    if not os.path.exists(tf):
+        toks = np.asarray(model.tokenizer.encode(read_text(name)[: kib << 10]), np.int32)
+        with open(rf + ".part", "wb") as f:
+            for r in api.lm_probabilities(model, toks, 4):
+                f.write(np.ascontiguousarray(r, dtype=np.int32).tobytes())
+        os.replace(rf + ".part", rf)
+        np.save(tf, toks)
+    toks = np.load(tf)
+    rows = np.memmap(rf, np.int32, "r", shape=(len(toks), V))
+    lens = np.array([len(model.tokenizer.decode([i])) for i in range(V)], np.int64)
+    return toks, rows, lens[toks]
+
+
+def run_real(args):
+    prm = MixerParams()
+    out = []
+    for name in DEV:
+        toks, rows, lens = real_rows(args.real, name, args.kib)
+        cb = np.cumsum(lens)
+        nbytes = int(cb[-1])
+        lm16 = sum(
+            lm_only_bits(np.asarray(rows[i : i + BLOCK], np.int64), toks[i : i + BLOCK], 16)
+            for i in range(0, len(toks), BLOCK)
+        )
+        row = {"file": name, "bytes": nbytes, "tokens": len(toks), "bpb_lm16": lm16 / nbytes}
+        for kib in [int(c) for c in args.chunks.split(",")]:
+            bounds = [0]
+            while bounds[-1] < len(toks):
+                start = cb[bounds[-1] - 1] if bounds[-1] else 0
+                bounds.append(int(np.searchsorted(cb, start + (kib << 10), "right")))
+            size = 0
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                enc = MixEncoder(prm, rows.shape[1], b - a)
+                for i in range(a, b, BLOCK):
+                    j = min(b, i + BLOCK)
+                    enc.feed(np.asarray(rows[i:j], np.int64), toks[i:j])
+                size += len(enc.finish())
+            row[f"bpb_mixed_{kib}k"] = 8 * size / nbytes
+        n = min(40_000, len(toks))
+        r = np.asarray(rows[:n], np.int64)
+        t0 = time.perf_counter()
+        enc = MixEncoder(prm, r.shape[1], n)
+        enc.feed(r, toks[:n])
+        payload = enc.finish()
+        row["enc_us_tok"] = 1e6 * (time.perf_counter() - t0) / n
+        dec_out = np.empty(n, np.int32)
+        _decode_rows(*MixDecoder(payload, prm, r.shape[1], n).arrays, r[:1], dec_out[:1])
+        dec = MixDecoder(payload, prm, r.shape[1], n)
+        t0 = time.perf_counter()
+        _decode_rows(*dec.arrays, r, dec_out)
+        row["dec_us_tok"] = 1e6 * (time.perf_counter() - t0) / n
+        assert np.array_equal(dec_out, toks[:n]), "decode mismatch"
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return prm, out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first 300k tokens of each dev file")
+    ap.add_argument("--real", default=None, metavar="DIR", help="shipped LM rows, cached in DIR")
+    ap.add_argument("--kib", type=int, default=2048, help="--real: KiB of each dev file")
+    ap.add_argument("--chunks", default="256,1024,2048", help="--real: chunk sizes in KiB")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.real:
+        prm, results = run_real(args)
+        if args.out:
+            meta = {"date": datetime.date.today().isoformat(), "params": prm.to_bytes().hex(),
+                    "kib": args.kib, "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()}
+            with open(args.out, "w") as f:
+                json.dump({"meta": meta, "results": results}, f, indent=1)
+        return
     sp = spm.SentencePieceProcessor(model_file=TOKENIZER)
     V = sp.get_piece_size()
     train = np.array(sp.encode(train_sample().decode("utf-8", "ignore")), np.int32)
