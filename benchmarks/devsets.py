@@ -57,6 +57,10 @@ def main() -> None:
     res = json.loads(_lmzip("verify", "--no-roundtrip", "--json", "--threads", str(a.threads),
                             *model, *paths).stdout)  # fmt: skip
     verify_s = time.time() - t0
+    Path(a.out).mkdir(parents=True, exist_ok=True)  # the long part, kept even if slices fail
+    (Path(a.out) / f"devsets-{datetime.date.today().isoformat()}-verify.json").write_text(
+        json.dumps(res, indent=1)
+    )
     speed = []
     for p in paths:
         s = Path(p + ".slice")
@@ -75,8 +79,9 @@ def main() -> None:
                       "decompress_s": td, "roundtrip_ok": ok,
                       "bpb": 8 * Path(f"{s}.lmz").stat().st_size / s.stat().st_size})  # fmt: skip
     info = json.loads(_lmzip("info", "--json", *(model[1:] if model else [])).stdout)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    commit = os.environ.get("LMZIP_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     out = {"date": datetime.date.today().isoformat(), "commit": commit,
            "machine": {"platform": platform.platform(), "cores": os.cpu_count(),
                        "load": os.getloadavg()},

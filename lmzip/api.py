@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lmzip import coder, container, stream
+from lmzip import coder, container, rowops, stream
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
 from lmzip.mixer import MixDecoder, MixEncoder, MixerParams
@@ -300,6 +300,7 @@ def _worker_init(model_path: str, threads: int) -> None:
     # file, terminates the workers); a worker would only print a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
+    rowops.set_threads(threads)
     _WORKER["model"] = load_model(model_path)
 
 
@@ -328,6 +329,7 @@ def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: 
         # a single job in flight (one chunk, or a batch of streams): intra-op threads are the
         # only parallelism left; decoding passes 1 (its small GEMMs do not pay for threads)
         torch.set_num_threads(max(1, threads))
+        rowops.set_threads(threads)
         for job in jobs:
             yield fn(job)
         return

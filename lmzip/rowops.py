@@ -318,35 +318,44 @@ def _attend_row(qrow, keys, vals, n, gh, att, lg, acc):
             acc[c] += pf * vals[j, c]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def attend_fwd(q, k, v, t_n, gain, att):
     """Teacher-forced causal attention of whole windows: q int8 [N*T, H, E], k int8 [N*T, K, E],
     v Q10 int64 [N*T, K*E], rows grouped by window of t_n positions -> y Q10 int64 [N*T, H*E].
-    Query t of a window sees keys 0..t of its window; masked keys are skipped, not computed."""
+    Query t of a window sees keys 0..t of its window; masked keys are skipped, not computed.
+    (window, KV head) pairs run on numba's threads (set_threads); each writes its own rows."""
     rows, h_n, e = q.shape
     kv_n = k.shape[1]
     g = h_n // kv_n
     out = np.empty((rows, h_n * e), np.int64)
-    keys = np.empty((t_n, e), np.int32)
-    vals = np.empty((t_n, e), np.float64)
-    lg = np.empty(t_n, np.int64)
-    acc = np.empty(e, np.float64)
-    qrow = np.empty(e, np.int32)
-    for w in range(rows // t_n):
+    for pair in prange((rows // t_n) * kv_n):
+        w, kh = pair // kv_n, pair % kv_n
+        keys = np.empty((t_n, e), np.int32)
+        vals = np.empty((t_n, e), np.float64)
+        lg = np.empty(t_n, np.int64)
+        acc = np.empty(e, np.float64)
+        qrow = np.empty(e, np.int32)
         base = w * t_n
-        for kh in range(kv_n):
-            for j in range(t_n):
+        for j in range(t_n):
+            for c in range(e):
+                keys[j, c] = k[base + j, kh, c]
+                vals[j, c] = np.float64(v[base + j, kh * e + c])
+        for h in range(kh * g, kh * g + g):
+            for t in range(t_n):
                 for c in range(e):
-                    keys[j, c] = k[base + j, kh, c]
-                    vals[j, c] = np.float64(v[base + j, kh * e + c])
-            for h in range(kh * g, kh * g + g):
-                for t in range(t_n):
-                    for c in range(e):
-                        qrow[c] = q[base + t, h, c]
-                    _attend_row(qrow, keys, vals, t + 1, gain[h], att, lg, acc)
-                    for c in range(e):
-                        out[base + t, h * e + c] = _rs(np.int64(acc[c]), 16)
+                    qrow[c] = q[base + t, h, c]
+                _attend_row(qrow, keys, vals, t + 1, gain[h], att, lg, acc)
+                for c in range(e):
+                    out[base + t, h * e + c] = _rs(np.int64(acc[c]), 16)
     return out
+
+
+def set_threads(n: int) -> None:
+    """Threads for the parallel kernels (attend_fwd): 1 in worker processes, which already
+    split the work by chunk; the cores' count when one process codes alone."""
+    import numba
+
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 @njit(cache=True)
