@@ -1,26 +1,41 @@
-"""Engine benchmark: exact integer engine throughput, per-stage breakdown, and the int8 GEMM limit.
+"""Engine benchmark: exact integer engine throughput, a coarse per-stage breakdown, and the
+machine's exact-GEMM limit for the same linear shapes, measured in the same run.
 
-Run: python benchmarks/bench_engine.py [--quick] [--models cpu,golf] [--threads 1,2] [--out DIR]
+Run: python benchmarks/bench_engine.py [--quick] [--models cpu,golf] [--threads 1] [--out DIR]
+     [--tag v2]
 
-For each model size (random weights: speed does not depend on them) and each torch thread count:
-(a) teacher-forced `Engine.forward` over full windows, tokens/s;
-(b) incremental `Engine.step` for B streams in lockstep, tokens/s averaged over the window: the
-    step cost is linear in the position, so the mean over positions 0..W-1 is the mean of the
-    step times at W/4 and 3W/4 (W/2 with --quick), exact for a linear cost;
-(c) a per-stage breakdown of the same forward runs and of one step (B = 32, position W/2), with
-    lm_probs and freq_table after each: engine methods (and any numba kernel module the engine
-    uses) are wrapped from here, never edited; `_attend` and `step` run as instrumented copies
-    only while their source is the one copied (hash) and their outputs equal the engine's, else
-    the breakdown has coarse stages (one per engine method);
-(d) the machine's limit measured in the same run: torch._int_mm at the engine's linear shapes
-    (M = forward rows, or B), hence the minimum time per token (linears at the measured int8
-    rate at that M, plus attention MACs at the best int8 rate) and engine time / that minimum.
-Wall times are medians of --runs runs (at least 3; a measurement stops after its time budget),
-and CPU time (user + sys of all threads, getrusage) is recorded too, as the machine is shared.
-`aten_ops` counts the torch operator calls of one forward (1 token) and one step (B = 1).
-The lmzip imported is the one Python finds: PYTHONPATH=COPY (with LMZIP_COMMIT=HASH to name it)
-measures another version, e.g. a `git archive` of a commit while the working tree is being
-edited. Results, written after each model: DIR/engine-YYYY-MM-DD[-quick].json and .md.
+For each model size (random weights of the size's shape: speed does not depend on the weights;
+`cpu` is the shipped default model's shape, `golf` the ModelConfig defaults, 9 x 512) and each
+thread count (torch and numba):
+(a) teacher-forced `Engine.forward` over full windows (1024 tokens' worth), tokens/s;
+(b) incremental `Engine.step` of B streams in lockstep (B = 1, 16, 32), at positions W/4 and
+    3W/4 (full run: W/8, 3W/8, 5W/8, 7W/8): the step cost is affine in the position, so their
+    mean is the mean over the window; tokens/s = B / mean step time;
+(c) where the time goes, coarsely:
+    forward: one extra forward with every lmzip.rowops kernel the engine calls through the module
+      (linear_rows, split_hilo, rescale_hilo, rescale, attend_fwd, normquant, ...) and
+      `_Linear.__call__` wrapped by exclusive timers (checked to give the same logits); stages
+      are grouped into linears (the GEMM inside `_Linear.__call__` and its split/epilogue
+      kernels), attention (attend_fwd) and the rest;
+    step: `step_all` is one compiled call and cannot be wrapped, so its linears and attention
+      are timed as the same numba kernels called alone at the same shapes (linear_rows at M = B
+      for every linear and the head; attend_step per layer at the position) and the rest is
+      the measured step minus those (an estimate: standalone calls add a dispatch each);
+(d) the machine's limit: for every linear shape at the same M (forward rows, or B), the fastest
+    EXACT product of a 15-bit activation with the int8 weights among
+      int_mm  two torch._int_mm (hi and lo int8 halves), only if it passes lmzip.kernels'
+              exactness self-test for that shape and weight range (timed at <= 64 rows and
+              scaled to M: without VNNI it is ~30x slower than f32 and flat in M),
+      f32     one float32 GEMM of both halves stacked ([2M, K] x [K, N]; exact: every partial
+              sum < 2^24 for these shapes), product only, no split or epilogue,
+      numba   rowops.linear_rows (whole fused linear, exact int32 sums), for M <= 64;
+    reported as GOP/s (2 M K N useful ops per linear over its time) and as minimum s/token of
+    all linears (blocks and logit head); engine / min = engine s/token over that minimum
+    (attention is not in the minimum: the ratio charges it to the engine).
+Wall times are medians (at least 3 runs, --runs, within a time budget); CPU time (user + sys of
+all threads, getrusage) and the load average are recorded, as the machine is shared.
+The lmzip imported is the one Python finds (PYTHONPATH=COPY with LMZIP_COMMIT=HASH measures
+another version). Results, written after each model: DIR/engine-YYYY-MM-DD[-TAG][-quick].json/.md.
 """
 
 from __future__ import annotations
@@ -44,9 +59,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = Path("/work/data/tok1024.model")
-MODELS = {  # name -> ModelConfig kwargs
-    "cpu": {
+MODELS = {  # name -> ModelConfig kwargs (over ModelConfig defaults)
+    "cpu": {  # the shipped default model's shape
         "vocab_size": 1024,
         "n_layer": 6,
         "d_model": 256,
@@ -58,6 +72,7 @@ MODELS = {  # name -> ModelConfig kwargs
     "golf": {},  # ModelConfig() defaults: 9 x 512, 8/4 heads, MLP 2x, vocab 1024, seq 1024
 }
 LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")
+BATCHES = (1, 16, 32)
 
 
 # -- shared with bench_speed.py ----------------------------------------------------------------
@@ -77,7 +92,10 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "cpu": cpu.group(1).strip() if cpu else platform.processor(),
         "cores": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
         "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
         "amx": "amx_int8" in flags,
     }
 
@@ -114,6 +132,14 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def tokenizer_bytes() -> bytes:
+    """The tokenizer inside the package's default model (read only: building its engine here
+    would time the kernel choice for the cpu shapes before the thread count is set)."""
+    from lmzip import container
+
+    return container.load_model(str(container.default_model_path())).tokenizer
+
+
 def model_file(name: str, seed: int = 0):
     """A random-weight ModelFile of size `name` (tests/conftest.py's builder)."""
     sys.path.insert(0, str(REPO / "tests"))
@@ -125,7 +151,7 @@ def model_file(name: str, seed: int = 0):
 
     # every field explicit: the builder's own defaults are a tiny test model
     cfg = {**ModelConfig().to_dict(), **MODELS[name]}
-    return random_model_file(TOKENIZER.read_bytes(), seed=seed, **cfg)
+    return random_model_file(tokenizer_bytes(), seed=seed, **cfg)
 
 
 def _rusage() -> tuple[float, float]:
@@ -137,43 +163,52 @@ def _rusage() -> tuple[float, float]:
 def timed(fn, runs: int, budget: float) -> dict:
     """Median wall and CPU (user + sys, all threads) seconds of `runs` calls of fn(); stops
     after 3 calls once `budget` seconds are spent (the machine is shared: slow runs are kept)."""
-    walls, cpus, syss = [], [], []
+    walls, cpus = [], []
     start = time.perf_counter()
     while len(walls) < runs:
-        c0, w0 = _rusage(), time.perf_counter()
+        c0, w0 = _rusage()[0], time.perf_counter()
         fn()
         walls.append(time.perf_counter() - w0)
-        c1 = _rusage()
-        cpus.append(c1[0] - c0[0])
-        syss.append(c1[1] - c0[1])
+        cpus.append(_rusage()[0] - c0)
         if len(walls) >= 3 and time.perf_counter() - start > budget:
             break
     med = statistics.median
-    return {"wall_s": med(walls), "cpu_s": med(cpus), "sys_s": med(syss), "runs": len(walls)}
+    return {"wall_s": med(walls), "cpu_s": med(cpus), "runs": len(walls), "walls": walls}
 
 
-class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts aten operator calls (each one a dispatch with its Python/C++ overhead)."""
+def per_call(fn, runs: int, min_s: float = 0.02) -> float:
+    """Median CPU seconds (this process, all threads) per call of a fast fn(): `runs` samples
+    of a loop of >= min_s. CPU, not wall: on the shared machine wall time counts waits for a
+    core; with 1 thread CPU time is the time on an idle core."""
+    fn()
+    reps = 1
+    while True:
+        t0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        if time.process_time() - t0 > min_s:
+            break
+        reps *= 4
+    samples = []
+    for _ in range(runs):
+        t0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        samples.append((time.process_time() - t0) / reps)
+    return statistics.median(samples)
 
-    def __init__(self):
-        super().__init__()
-        self.n = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
+def set_threads(n: int) -> None:
+    import numba
 
-
-def count_ops(fn) -> int:
-    with _CountOps() as c:
-        fn()
-    return c.n
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 # -- (a) + (b): throughput ---------------------------------------------------------------------
 def step_positions(window: int, quick: bool) -> list[int]:
     """Midpoints of equal parts of the window: their mean step time is the window mean."""
-    parts = 1 if quick else 2
+    parts = 2 if quick else 4
     return [int((2 * j + 1) * window / (2 * parts)) for j in range(parts)]
 
 
@@ -185,25 +220,33 @@ def step_throughput(eng, b: int, positions: list[int], runs: int, budget: float)
     for p in positions:
         pos = torch.full((b,), p, dtype=torch.int64)
         eng.step(state, tok, pos)  # warm-up (and a realistic cache write)
-        per_pos[p] = timed(lambda pos=pos: eng.step(state, tok, pos), runs, budget / len(positions))
-    mean = {
-        k: statistics.mean(r[k] for r in per_pos.values()) for k in ("wall_s", "cpu_s", "sys_s")
-    }
+        r = timed(lambda pos=pos: eng.step(state, tok, pos), max(runs, 5), budget / len(positions))
+        per_pos[p] = r
+    wall = statistics.mean(r["wall_s"] for r in per_pos.values())
+    cpu = statistics.mean(r["cpu_s"] for r in per_pos.values())
     return {
         "B": b,
         "positions": positions,
-        "wall_s_per_step": mean["wall_s"],
-        "cpu_s_per_step": mean["cpu_s"],
-        "sys_s_per_step": mean["sys_s"],
-        "tok_s": b / mean["wall_s"],
+        "wall_s_per_step": wall,
+        "cpu_s_per_step": cpu,
+        "tok_s": b / wall,
         "runs": min(r["runs"] for r in per_pos.values()),
-        "by_position": {p: r["wall_s"] for p, r in per_pos.items()},
+        "wall_s_by_position": {p: r["wall_s"] for p, r in per_pos.items()},
     }
 
 
-# -- (c): per-stage breakdown ------------------------------------------------------------------
+def forward_throughput(eng, win: torch.Tensor, runs: int, budget: float) -> tuple[dict, torch.Tensor]:
+    ref = eng.forward(win)  # warm-up (numba dispatch, allocations)
+    r = timed(lambda: eng.forward(win), runs, budget)
+    n = win.numel()
+    r.update(tokens=n, tok_s=n / r["wall_s"])
+    return r, ref
+
+
+# -- (c): where the time goes ------------------------------------------------------------------
 class Stages:
-    """Exclusive wall time per stage: nested stages are subtracted from their parent."""
+    """Exclusive CPU time (this process) per stage: nested stages are subtracted from their
+    parent."""
 
     def __init__(self):
         self.time = defaultdict(float)
@@ -212,12 +255,12 @@ class Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         self._stack.append(0.0)
         try:
             yield
         finally:
-            dt = time.perf_counter() - t0
+            dt = time.process_time() - t0
             self.time[name] += dt - self._stack.pop()
             self.calls[name] += 1
             if self._stack:
@@ -231,132 +274,35 @@ class Stages:
         return wrapped
 
 
-def _attend_timed(st: Stages):
-    """A copy of Engine._attend with a timer per step; checked equal to the engine's output."""
-    from lmzip.numerics import ATT_EXP_SIZE, rshift_round
-
-    def _attend(self, q, k, v, allowed, gain):
-        b, h, tq, e = q.shape
-        g = h // self.kv
-        with st("att QK matmul (f32)"):
-            qg = q.reshape(b, self.kv, g * tq, e).float()
-            dot = qg @ k.float().transpose(-1, -2)
-        with st("att logits (int64 scale)"):
-            dot = dot.long().view(b, h, tq, -1)
-            logit = rshift_round(dot * gain[None, :, None, None], 16)
-        with st("att mask"):
-            logit = torch.where(allowed, logit, torch.full_like(logit, -(1 << 62)))
-        with st("att softmax max+exp lookup"):
-            delta = logit.amax(dim=-1, keepdim=True) - logit
-            idx = torch.clamp(delta >> 8, max=ATT_EXP_SIZE)
-            w = self.att_exp[idx]
-        with st("att softmax sum+div"):
-            p = torch.div(w << 16, w.sum(dim=-1, keepdim=True), rounding_mode="floor")
-        with st("att PV matmul (f64)"):
-            o = p.view(b, self.kv, g * tq, -1).double() @ v.double()
-        with st("att PV out (int64)"):
-            o = o.long().view(b, h, tq, e)
-            return rshift_round(o, 16).transpose(1, 2).reshape(b, tq, h * e)
-
-    return _attend
-
-
-def _step_timed(st: Stages):
-    """A copy of Engine.step with the KV-cache work timed; checked equal to the engine's."""
-
-    @torch.no_grad()
-    def step(self, state, tokens, pos):
-        b = tokens.size(0)
-        with st("step setup (mask)"):
-            tokens, pos = tokens.to(self.device), pos.to(self.device)
-            rows = torch.arange(b, device=self.device)
-            tk = int(pos.max()) + 1
-            allowed = (torch.arange(tk, device=self.device)[None, :] <= pos[:, None])[:, None, None]
-
-        def attn(i, q, k, v, gain):
-            with st("kv cache write"):
-                state.k[i][rows, :, pos] = k
-                state.v[i][rows, :, pos] = v.int()
-            with st("kv cache read (v int64 copy)"):
-                kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk].long()
-            return self._attend(q[:, :, None], kc, vc, allowed, gain).reshape(b, -1)
-
-        x = self._layers(self._embed(tokens), pos, attn)
-        return self._logits(x)
-
-    return step
-
-
-STAGE_NAMES = {  # Engine methods; others are timed as "Engine.<name>"
-    "_normquant": "normquant (RMSNorm+int8)",
-    "_absquant": "absquant (int8)",
-    "_qk": "qk-norm + rope",
-    "_embed": "embedding",
-    "_layers": "residual/clamp/relu2/skips",
-    "_logits": "logits clamp",
-    "_attend": "attention (all)",
-    "forward": "forward setup",
-    "step": "step other (mask, kv cache)",
+# stage -> group; `_Linear.__call__` exclusive time is its GEMM (torch) and glue
+GROUPS = {
+    "_Linear.__call__ (GEMM + glue)": "linears",
+    "rowops.linear_rows": "linears",
+    "rowops.split_hilo": "linears",
+    "rowops.rescale_hilo": "linears",
+    "rowops.rescale": "linears",
+    "rowops.attend_fwd": "attention",
+    "rowops.att_probs": "attention",
+    "rowops.attend_step": "attention",
 }
-NOT_TIMED = {"__init__", "_rope_tables", "new_state"}
-
-
-def _patch_list():
-    """(object, attribute, stage name) of everything timed: engine methods, the linear and
-    matmul wrappers, torch._int_mm, softcap, and any fused kernel module the engine uses."""
-    import types
-
-    import lmzip.engine as E
-    import lmzip.kernels as K
-
-    out = [
-        (E._Linear, "__call__", "linear rescale (int64)"),
-        (K.MatMul, "__call__", "int_mm .long() result"),
-        (torch, "_int_mm", "_int_mm (int8 GEMM)"),
-    ]
-    for attr, v in vars(E.Engine).items():
-        if attr not in NOT_TIMED and isinstance(v, (types.FunctionType, staticmethod)):
-            out.append((E.Engine, attr, STAGE_NAMES.get(attr, f"Engine.{attr}")))
-    if callable(getattr(E, "softcap_q16", None)):
-        out.append((E, "softcap_q16", "softcap"))
-    for mod in [m for m in vars(E).values() if isinstance(m, types.ModuleType)]:
-        if mod.__name__.startswith("lmzip.") and mod.__name__ not in ("lmzip.kernels",):
-            for attr, v in vars(mod).items():
-                if callable(v) and not attr.startswith("_") and hasattr(v, "py_func"):
-                    out.append((mod, attr, f"{mod.__name__.split('.')[-1]}.{attr}"))
-    return out
-
-
-# sha256[:16] of the engine sources the two copies above were made from (commit 4b4af57):
-# a copy runs only in place of that very source, and its output is checked equal too.
-COPIED_FROM = {"_attend": "b8a1f703baefcdf3", "step": "9b002637d6a7f272"}
-
-
-def _copy_matches(attr: str) -> bool:
-    import hashlib
-    import inspect
-
-    import lmzip.engine as E
-
-    src = inspect.getsource(getattr(E.Engine, attr))
-    return hashlib.sha256(src.encode()).hexdigest()[:16] == COPIED_FROM[attr]
 
 
 @contextlib.contextmanager
-def instrumented(st: Stages, fine: bool):
-    """Wrap engine/kernel functions with stage timers; restore them afterwards. fine: run
-    `_attend` and `step` as the instrumented copies above (the caller checks the outputs)."""
+def instrumented(st: Stages):
+    """Wrap `_Linear.__call__` and every numba kernel of lmzip.rowops (the engine and
+    lmzip.numerics call them through the module) with stage timers; restore them after."""
+    import lmzip.engine as E
+    from lmzip import rowops
+
+    targets = [(E._Linear, "__call__", "_Linear.__call__ (GEMM + glue)")]
+    for attr, v in list(vars(rowops).items()):
+        if not attr.startswith("_") and hasattr(v, "py_func"):
+            targets.append((rowops, attr, f"rowops.{attr}"))
     saved = []
-    for obj, attr, name in _patch_list():
-        raw = obj.__dict__.get(attr, getattr(obj, attr))
+    for obj, attr, name in targets:
+        raw = obj.__dict__[attr]
         saved.append((obj, attr, raw))
-        if fine and attr in COPIED_FROM and isinstance(obj, type) and _copy_matches(attr):
-            new = _attend_timed(st) if attr == "_attend" else _step_timed(st)
-        elif isinstance(raw, staticmethod):
-            new = staticmethod(st.wrap(name, raw.__func__))
-        else:
-            new = st.wrap(name, raw)
-        setattr(obj, attr, new)
+        setattr(obj, attr, st.wrap(name, raw))
     try:
         yield
     finally:
@@ -364,94 +310,74 @@ def instrumented(st: Stages, fine: bool):
             setattr(obj, attr, raw)
 
 
-def profile(setup, ref: torch.Tensor, runs: int, budget: float) -> dict:
-    """Instrumented runs of go = setup() (setup untimed; go() -> logits), then lm_probs and
-    freq_table: median exclusive seconds per stage, and the engine's own wall time per run.
-    Fine stages need the instrumented copies to reproduce `ref` exactly, else coarse ones."""
-    from lmzip.numerics import freq_table, lm_probs
-
-    can_fine = all(_copy_matches(a) for a in COPIED_FROM)
-    for fine in (True, False) if can_fine else (False,):
-        samples, start, ok = [], time.perf_counter(), True
-        while len(samples) < runs:
-            st, go = Stages(), setup()
-            c0 = _rusage()
-            try:
-                with instrumented(st, fine), st("total"):
-                    logits = go()
-                    with st("probabilities (lm_probs)"):
-                        p = lm_probs(logits)
-                    with st("freq table"):
-                        freq_table(p.reshape(-1, p.size(-1)), 24)
-            except Exception as e:  # the engine changed under the copies: use coarse stages
-                if not fine:
-                    raise
-                log(f"  instrumented copies fail on this engine ({type(e).__name__})")
-                ok = False
-                break
-            c1 = _rusage()
-            ok = torch.equal(logits, ref)
-            if not ok:
-                break
-            d = dict(st.time)
-            d["other (untimed)"] = d.pop("total")
-            post = d["probabilities (lm_probs)"] + d["freq table"]
-            d["_engine"] = sum(d.values()) - post
-            d["_cpu"] = c1[0] - c0[0]
-            samples.append(d)
-            if len(samples) >= 3 and time.perf_counter() - start > budget:
-                break
-        if ok:
-            break
-        log("  instrumented copies disagree with the engine; coarse stages only")
-    med = {k: statistics.median(d.get(k, 0.0) for d in samples) for k in samples[0]}
-    engine, cpu = med.pop("_engine"), med.pop("_cpu")
+def forward_breakdown(eng, win: torch.Tensor, ref: torch.Tensor, runs: int) -> dict:
+    """Exclusive seconds per stage of instrumented forwards (median per stage), grouped."""
+    samples = []
+    for _ in range(runs):
+        st = Stages()
+        with instrumented(st), st("total"):
+            out = eng.forward(win)
+        if not torch.equal(out, ref):
+            raise RuntimeError("instrumented forward differs from the plain one")
+        d = dict(st.time)
+        d["rest (torch ops, python)"] = d.pop("total")
+        samples.append(d)
+    stages = {k: statistics.median(d.get(k, 0.0) for d in samples) for k in samples[0]}
+    total = sum(stages.values())
+    groups = defaultdict(float)
+    for k, v in stages.items():
+        groups[GROUPS.get(k, "rest")] += v
     return {
-        "fine": fine,
-        "runs": len(samples),
-        "engine_wall_s": engine,
-        "engine_cpu_s": cpu,
-        "total_s": sum(med.values()),
-        "stages_s": dict(sorted(med.items(), key=lambda kv: -kv[1])),
+        "method": "wrapped kernels, one forward per run",
+        "runs": runs,
+        "total_s": total,
+        "groups_s": dict(groups),
+        "stages_s": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
     }
 
 
-def forward_profile(eng, n_win: int, runs: int, budget: float) -> tuple[dict, dict]:
-    """(a) and the forward half of (c) from the same runs: wrappers cost microseconds per call,
-    a forward takes seconds (the uninstrumented warm-up run is recorded to show it)."""
-    g = torch.Generator().manual_seed(1)
-    win = torch.randint(0, eng.vocab_size, (n_win, eng.window), generator=g)
-    t0 = time.perf_counter()
-    ref = eng.forward(win)
-    plain = time.perf_counter() - t0
-    prof = profile(lambda: lambda: eng.forward(win), ref, runs, budget)
-    n = n_win * eng.window
-    thr = {
-        "tokens": n,
-        "wall_s": prof["engine_wall_s"],
-        "cpu_s": prof["engine_cpu_s"],
-        "tok_s": n / prof["engine_wall_s"],
-        "runs": prof["runs"],
-        "uninstrumented_first_run_s": plain,
+def step_breakdown(eng, b: int, p: int, step_s: float, runs: int) -> dict:
+    """Linears and attention of one step (B streams at position p) timed as the same numba
+    kernels called alone; the rest is the measured step time minus those."""
+    from lmzip import rowops
+
+    g = np.random.default_rng(7)
+    lin_s = 0.0
+    by = {}
+    for name in LINEARS:
+        lay = eng.layers[0]
+        w, ws = lay[name].w_rows, lay[name].ws_np
+        a = g.integers(-16383, 16384, (b, w.shape[1])).astype(np.int64)
+        s = g.integers(1 << 20, 1 << 22, b).astype(np.int64)
+        t = per_call(lambda: rowops.linear_rows(a, w, s, ws, 20, -(1 << 40), 1 << 40), runs)
+        by[name] = t * len(eng.layers)
+        lin_s += by[name]
+    w, ws = eng.emb.w_rows, eng.emb.ws_np
+    a = g.integers(-16383, 16384, (b, w.shape[1])).astype(np.int64)
+    s = g.integers(1 << 20, 1 << 22, b).astype(np.int64)
+    by["head"] = per_call(lambda: rowops.linear_rows(a, w, s, ws, 16, -(1 << 40), 1 << 40), runs)
+    lin_s += by["head"]
+    state = eng.new_state(b)
+    kc = state.k[0].numpy()
+    vc = state.v[0].numpy()
+    kc[:] = g.integers(-127, 128, kc.shape)
+    vc[:] = g.integers(-(1 << 20), 1 << 20, vc.shape)
+    q = g.integers(-127, 128, (b, eng.h, eng.e)).astype(np.int8)
+    pos = np.full(b, p, np.int64)
+    gain = eng.layers[0]["gain"].numpy()
+    att1 = per_call(lambda: rowops.attend_step(q, kc, vc, pos, gain, eng.att_np), runs)
+    att_s = att1 * len(eng.layers)
+    return {
+        "method": "standalone numba kernels at the same shapes; rest = step - those",
+        "B": b,
+        "position": p,
+        "total_s": step_s,
+        "groups_s": {"linears": lin_s, "attention": att_s, "rest": step_s - lin_s - att_s},
+        "linears_s": by,
     }
-    return thr, prof
 
 
-def step_profile(eng, b: int, runs: int, budget: float) -> dict:
-    """The step half of (c): B streams at position W/2."""
-    g = torch.Generator().manual_seed(3)
-    tok = torch.randint(0, eng.vocab_size, (b,), generator=g)
-    pos = torch.full((b,), eng.window // 2, dtype=torch.int64)
-    ref = eng.step(eng.new_state(b), tok, pos)
-
-    def setup():
-        state = eng.new_state(b)  # allocation (zeroing the caches) is not a stage
-        return lambda: eng.step(state, tok, pos)
-
-    return profile(setup, ref, runs, budget)
-
-
-# -- (d): the int8 GEMM limit ------------------------------------------------------------------
+# -- (d): the exact-GEMM limit -----------------------------------------------------------------
 def linear_shapes(cfg) -> list[tuple[str, int, int, int]]:
     """(name, count, K, N) of every integer matmul per token: blocks and the tied logit head."""
     d, e = cfg.d_model, cfg.head_dim
@@ -467,52 +393,65 @@ def linear_shapes(cfg) -> list[tuple[str, int, int, int]]:
     return out + [("head", 1, d, cfg.vocab_size)]
 
 
-def gemm_seconds(m: int, k: int, n: int, runs: int) -> float:
-    """Median seconds of one torch._int_mm [m, k] x [k, n] (inner loop of >= ~20 ms)."""
+def kernel_times(m: int, k: int, n: int, wmax: int, runs: int) -> dict:
+    """Seconds of one exact [m, K] (15-bit) x [K, N] (int8, |w| <= wmax) product per kernel."""
+    from lmzip import kernels, rowops
+
     g = torch.Generator().manual_seed(4)
-    a = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
-    w = torch.randint(-31, 32, (n, k), generator=g, dtype=torch.int8).t().contiguous()
-    torch._int_mm(a, w)
-    reps, t = 1, 0.0
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            torch._int_mm(a, w)
-        t = time.perf_counter() - t0
-        if t > 0.02:
-            break
-        reps *= 4
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            torch._int_mm(a, w)
-        samples.append((time.perf_counter() - t0) / reps)
-    return statistics.median(samples)
+    a = torch.randint(-16383, 16384, (m, k), generator=g, dtype=torch.int64)
+    w = torch.randint(-wmax, wmax + 1, (n, k), generator=g, dtype=torch.int8)
+    out = {}
+    if kernels.kernel_ok("int_mm", k, n, wmax, "cpu"):
+        # at most 64 rows, scaled to m: without VNNI it runs at ~1 GOP/s, and a timing at
+        # M = 1024 would take minutes (its rate is flat in M there)
+        mi = min(m, 64)
+        hi, lo = (a[:mi] >> 7).to(torch.int8), (a[:mi] & 127).to(torch.int8)
+        wt = w.t().contiguous()
+        t = per_call(lambda: (torch._int_mm(hi, wt), torch._int_mm(lo, wt)), runs)
+        out["int_mm"] = t * m / mi
+    if k * 128 * wmax < (1 << 24):  # every float32 partial sum exact
+        both = torch.from_numpy(rowops.split_hilo(a.numpy()))
+        wf = w.t().float().contiguous()
+        out["f32"] = per_call(lambda: both @ wf, runs)
+    if m <= 64 and k * 16383 * wmax < (1 << 31):
+        an, wn = a.numpy(), w.numpy()
+        s = np.full(m, 1 << 20, np.int64)
+        ws = np.full(n, 1 << 20, np.int64)
+        out["numba"] = per_call(lambda: rowops.linear_rows(an, wn, s, ws, 20, -(1 << 40), 1 << 40), runs)
+    return out
 
 
-def gemm_limit(cfg, m: int, runs: int) -> dict:
-    """Seconds per token of all linears at M = m rows, and the aggregate int8 GOP/s."""
-    shapes = linear_shapes(cfg)
-    per = {}
-    sec = ops = 0.0
-    for name, count, k, n in shapes:
-        t = gemm_seconds(m, k, n, runs)
-        per[name] = {"K": k, "N": n, "gops": 2 * m * k * n / t / 1e9}
-        sec += count * t / m
+def gemm_limit(cfg, wmax: dict, m: int, runs: int) -> dict:
+    """Per kernel and best-of: seconds per token of all linears at M = m rows, and GOP/s."""
+    per_shape = {}
+    ops = 0
+    sec = defaultdict(float)  # kernel -> s/token (only kernels available for every shape)
+    best = 0.0
+    for name, count, k, n in linear_shapes(cfg):
+        t = kernel_times(m, k, n, wmax[name], runs)
+        fast = min(t, key=t.get)
+        per_shape[name] = {
+            "K": k,
+            "N": n,
+            "count": count,
+            "gops": {kk: 2 * m * k * n / v / 1e9 for kk, v in t.items()},
+            "best": fast,
+        }
+        for kk, v in t.items():
+            sec[kk] += count * v / m
+        best += count * t[fast] / m
         ops += count * 2 * k * n
+    n_shapes = len(per_shape)
+    full = {kk for kk in sec if all(kk in s["gops"] for s in per_shape.values())}
     return {
         "M": m,
-        "s_per_token": sec,
         "ops_per_token": ops,
-        "gops": ops / sec / 1e9,
-        "by_shape": per,
+        "min_s_per_token": best,
+        "gops": ops / best / 1e9,
+        "by_kernel_gops": {kk: ops / sec[kk] / 1e9 for kk in sorted(full)},
+        "by_shape": per_shape,
+        "shapes": n_shapes,
     }
-
-
-def attention_ops(cfg, mean_context: float) -> float:
-    """int ops per token of QK and PV (2 per MAC) at a mean context length."""
-    return cfg.n_layer * 2 * 2 * cfg.n_head * cfg.head_dim * mean_context
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -520,174 +459,192 @@ def bench_model(name: str, args) -> dict:
     from lmzip.engine import Engine
     from lmzip.model import ModelConfig
 
-    cfg = ModelConfig(**MODELS[name])
+    cfg = ModelConfig(**{**ModelConfig().to_dict(), **MODELS[name]})
     t0 = time.perf_counter()
-    eng = Engine(model_file(name))
+    mf = model_file(name)
+    set_threads(args.threads[0])  # the kernel choice times products at this thread count
+    eng = Engine(mf)
+    qmax = {"q6": 31, "q8": 127}
+    wmax = {n: qmax[mf.tensors[f"blocks.0.{n}"].kind] for n in LINEARS}
+    wmax["head"] = qmax[mf.tensors["tok_emb"].kind]
+    kern = sorted({lay[n].mm.kernel for lay in eng.layers for n in LINEARS})
     log(
         f"{name}: {cfg.n_layer}x{cfg.d_model}, window {cfg.seq_len}, built in "
-        f"{time.perf_counter() - t0:.1f} s, kernels {sorted({eng.emb.mm.kernel})}"
+        f"{time.perf_counter() - t0:.1f} s, GEMM kernels {kern}, step_all "
+        f"{eng._stacked is not None}"
     )
-    n_win = args.windows or max(1, 1024 // cfg.seq_len)
-    shapes = linear_shapes(cfg)
+    n_win = max(1, 1024 // cfg.seq_len)
     res = {
         "config": cfg.to_dict(),
         "n_params": cfg.n_params(),
-        "linear_params": sum(c * k * n for _, c, k, n in shapes),
-        "kernels": sorted({lay[n].mm.kernel for lay in eng.layers for n in LINEARS}),
+        "gemm_kernels": kern,
+        "step_all": eng._stacked is not None,
+        "weight_max": wmax,
         "forward_windows": n_win,
         "by_threads": {},
     }
     positions = step_positions(eng.window, args.quick)
-    g = torch.Generator().manual_seed(5)
-    tok1 = torch.randint(0, eng.vocab_size, (1,), generator=g)
-    half = torch.full((1,), eng.window // 2, dtype=torch.int64)
-    st1 = eng.new_state(1)
-    res["aten_ops"] = {
-        "forward": count_ops(lambda: eng.forward(tok1[None])),
-        "step": count_ops(lambda: eng.step(st1, tok1, half)),
-    }
+    g = torch.Generator().manual_seed(1)
+    win = torch.randint(0, eng.vocab_size, (n_win, eng.window), generator=g)
     for th in args.threads:
-        torch.set_num_threads(th)
-        r = {}
-        log(f"  threads {th}: forward ({n_win} x {eng.window} tokens), instrumented")
-        r["forward"], fwd_prof = forward_profile(eng, n_win, args.runs, args.budget)
+        set_threads(th)
+        r = {"load_before": loadavg()}
+        log(f"  threads {th}: forward ({n_win} x {eng.window} tokens)")
+        r["forward"], ref = forward_throughput(eng, win, args.runs, args.budget)
+        log(f"    {r['forward']['tok_s']:.0f} tok/s; breakdown")
+        if kern != ["f32"]:  # the timed choice did not pick f32 everywhere: show f32 too
+            forced = Engine(mf, matmul="f32")
+            log("    forward with matmul='f32' forced")
+            r["forward_f32_forced"], _ = forward_throughput(forced, win, args.runs, args.budget)
+            r["forward_f32_forced"]["s_per_token"] = r["forward_f32_forced"]["wall_s"] / win.numel()
+            r["forward_f32_forced_breakdown"] = forward_breakdown(forced, win, ref, 3)
+            del forced
+        r["forward_breakdown"] = forward_breakdown(eng, win, ref, 3 if args.quick else 5)
         r["step"] = {}
-        for b in args.batches:
-            log(f"  threads {th}: step B={b} at positions {positions}")
+        for b in BATCHES:
             r["step"][b] = step_throughput(eng, b, positions, args.runs, args.budget / 2)
-        log(f"  threads {th}: step breakdown B=32")
-        r["breakdown"] = {
-            "forward": fwd_prof,
-            "step": step_profile(eng, 32, args.runs, args.budget / 3),
-        }
-        log(f"  threads {th}: int8 GEMM limit")
-        lim = {"forward": gemm_limit(cfg, n_win * eng.window, args.runs)}
-        for b in args.batches:
-            lim[f"step_B{b}"] = gemm_limit(cfg, b, args.runs)
-        best = max(v["gops"] for v in lim.values())
-        att_f = attention_ops(cfg, (eng.window + 1) / 2)
-        att_s = attention_ops(cfg, statistics.mean(p + 1 for p in positions))
-        f = r["forward"]
-        f["min_s_per_token"] = lim["forward"]["s_per_token"] + att_f / best / 1e9
-        f["engine_over_min"] = f["wall_s"] / f["tokens"] / f["min_s_per_token"]
-        for b in args.batches:
+            log(f"    step B={b}: {r['step'][b]['tok_s']:.0f} tok/s")
+        mid = eng.window // 2
+        r["step_breakdown"] = {}
+        for b in (1, 32):
+            pos = torch.full((b,), mid, dtype=torch.int64)
+            st, tok = eng.new_state(b), torch.zeros(b, dtype=torch.int64)
+            t = timed(lambda: eng.step(st, tok, pos), 9, args.budget / 4)["cpu_s"]
+            r["step_breakdown"][b] = step_breakdown(eng, b, mid, t, args.runs)
+        log(f"  threads {th}: exact GEMM limit")
+        lim = {"forward": gemm_limit(cfg, wmax, win.numel(), args.runs)}
+        for b in BATCHES:
+            lim[f"step_B{b}"] = gemm_limit(cfg, wmax, b, args.runs)
+        for key in ("forward", "forward_f32_forced"):
+            if key in r:
+                f = r[key]
+                f["s_per_token"] = f["wall_s"] / f["tokens"]
+                f["cpu_s_per_token"] = f["cpu_s"] / f["tokens"]
+                f["engine_over_min"] = f["cpu_s_per_token"] / lim["forward"]["min_s_per_token"]
+        for b in BATCHES:
             s = r["step"][b]
-            s["min_s_per_token"] = lim[f"step_B{b}"]["s_per_token"] + att_s / best / 1e9
-            s["engine_over_min"] = s["wall_s_per_step"] / b / s["min_s_per_token"]
-        r["gemm"] = lim
-        r["gemm_best_gops"] = best
-        r["attention_ops_per_token"] = {"forward": att_f, "step": att_s}
+            s["s_per_token"] = s["wall_s_per_step"] / b
+            s["cpu_s_per_token"] = s["cpu_s_per_step"] / b
+            s["engine_over_min"] = s["cpu_s_per_token"] / lim[f"step_B{b}"]["min_s_per_token"]
+        r["gemm_limit"] = lim
+        r["load_after"] = loadavg()
         res["by_threads"][th] = r
     return res
 
 
-def _ms(v: float) -> str:
-    return f"{1e3 * v:.3f}" if v < 0.01 else f"{1e3 * v:.1f}"
+def _us(v: float) -> str:
+    return f"{1e6 * v:,.0f}" if v >= 1e-5 else f"{1e6 * v:.2f}"
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    simd = ", ".join(k for k in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx") if m.get(k))
     lines = [
         f"# Engine benchmark {report['date']}{' (quick)' if report['quick'] else ''}",
         "",
-        (
-            f"Machine: {m['cpu']}, {m['cores']} cores, AVX512-VNNI {m['avx512_vnni']}; "
-            f"load average before {report['load_before']}, after {report['load_after']}  "
-        ),
+        f"Machine: {m['cpu']}, {m['cores']} cores, SIMD: {simd or 'none of avx2/avx512/vnni/amx'}; "
+        f"load average before {report['load_before']}, after {report.get('load_after')}  ",
         f"Commit {report['commit']}; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
         + "  ",
-        (
-            f"Wall-time medians of up to {report['runs']} runs (at least 3); random weights; "
-            f"{report['seconds']} s in all."
-        ),
+        f"Wall-time medians (runs column); random weights of each size's shape; "
+        f"{report.get('seconds')} s in all.",
         "",
-        "## Throughput and the int8 GEMM limit",
+        "## Throughput and the exact-GEMM limit",
         "",
-        (
-            "| model | threads | path | tokens/s | wall ms/token | CPU ms/token | sys % | "
-            "int8 GOP/s at M | min ms/token | engine / min |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | threads | path | tokens/s (wall) | tokens/s (CPU) | wall us/token | "
+        "CPU us/token | runs | best exact GEMM GOP/s at M (kernel) | min us/token (linears) | "
+        "engine CPU / min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in report["models"].items():
         for th, r in res["by_threads"].items():
-            f = r["forward"]
-            n = f["tokens"]
-            lines.append(
-                f"| {name} | {th} | forward (M={n}) | {f['tok_s']:.0f} | {_ms(f['wall_s'] / n)} | "
-                f"{_ms(f['cpu_s'] / n)} | | {r['gemm']['forward']['gops']:.0f} | "
-                f"{_ms(f['min_s_per_token'])} | {f['engine_over_min']:.1f}x |"
-            )
+            f, lim = r["forward"], r["gemm_limit"]
+            kern = "/".join(res["gemm_kernels"])
+            rows = [("forward", f"forward (M={f['tokens']}, GEMM kernels {kern})", f)]
+            if "forward_f32_forced" in r:
+                rows.append(("forward", "forward, matmul='f32' forced", r["forward_f32_forced"]))
             for b, s in r["step"].items():
-                b = int(b)
-                sys_pct = 100 * s["sys_s_per_step"] / max(1e-12, s["cpu_s_per_step"])
+                rows.append((f"step_B{b}", f"step B={b}", s))
+            for key, label, s in rows:
+                lm = lim[key]
+                kinds = sorted({v["best"] for v in lm["by_shape"].values()})
                 lines.append(
-                    f"| {name} | {th} | step B={b} | {s['tok_s']:.0f} | "
-                    f"{_ms(s['wall_s_per_step'] / b)} | {_ms(s['cpu_s_per_step'] / b)} | "
-                    f"{sys_pct:.0f} | {r['gemm'][f'step_B{b}']['gops']:.0f} | "
-                    f"{_ms(s['min_s_per_token'])} | {s['engine_over_min']:.1f}x |"
+                    f"| {name} | {th} | {label} | {s['tok_s']:,.0f} | {1 / s['cpu_s_per_token']:,.0f} | "
+                    f"{_us(s['s_per_token'])} | {_us(s['cpu_s_per_token'])} | {s['runs']} | "
+                    f"{lm['gops']:.1f} ({'/'.join(kinds)}) | "
+                    f"{_us(lm['min_s_per_token'])} | {s['engine_over_min']:.1f}x |"
                 )
     lines += [
         "",
-        (
-            "min = every linear (blocks and logit head) at the int8 `_int_mm` rate measured "
-            "at that M, plus the attention MACs at the best measured int8 rate; forward "
-            "contexts average (W+1)/2, steps are averaged over the window. CPU = user + sys "
-            "of all threads; sys is mostly page faults of freshly allocated large tensors."
-        ),
+        "min = every linear (blocks and tied logit head) at the fastest exact kernel measured "
+        "for its shape at that M (int_mm only where it passes the exactness self-test; f32 = one "
+        "GEMM of both int8 halves, product only; numba = rowops.linear_rows, M <= 64). "
+        "GOP/s counts 2 M K N useful ops per linear; the limit is timed in CPU seconds (1 thread: "
+        "the time on an idle core), and engine / min compares the engine's CPU time with it. "
+        "tokens/s (CPU) = 1 / CPU s per token: the rate on an idle core, as wall time on this "
+        "shared machine includes waits for a core. Steps are averaged over positions spread "
+        "over the window. CPU = user + sys of the process, all threads.",
         "",
-        "aten operator calls per call, B=1: "
-        + "; ".join(
-            f"{name} forward(1 token) {res['aten_ops']['forward']}, step {res['aten_ops']['step']}"
-            for name, res in report["models"].items()
-        ),
+        "GOP/s per kernel for all linears (where it applies to every shape):",
         "",
     ]
     for name, res in report["models"].items():
         for th, r in res["by_threads"].items():
-            bd = r["breakdown"]
-            fw, st = bd["forward"], bd["step"]
+            parts = [
+                f"{k}: " + ", ".join(f"{kk} {v:.1f}" for kk, v in lm["by_kernel_gops"].items())
+                for k, lm in r["gemm_limit"].items()
+            ]
+            lines.append(f"- {name}, {th} thread(s): " + "; ".join(parts))
+    lines.append("")
+    for name, res in report["models"].items():
+        for th, r in res["by_threads"].items():
+            fb = r["forward_breakdown"]
             lines += [
-                f"## Breakdown: {name}, {th} thread(s)",
+                f"## Where the time goes: {name}, {th} thread(s)",
                 "",
-                (
-                    f"forward: {r['forward']['tokens']} tokens, {_ms(fw['total_s'])} ms "
-                    f"({fw['runs']} runs, {'fine' if fw['fine'] else 'coarse'}); step: B=32 at "
-                    f"position W/2, {_ms(st['total_s'])} ms ({st['runs']} runs, "
-                    f"{'fine' if st['fine'] else 'coarse'}); both include lm_probs and freq_table"
-                ),
+                "CPU time (this process); step totals are the measured step, its linears and "
+                "attention the same numba kernels timed alone (rest = the difference, negative "
+                "where the standalone calls cost more than inside step_all).",
                 "",
-                "| stage | forward ms | % | step ms | % |",
+                "| path | total CPU ms | linears | attention | rest |",
                 "|---|---|---|---|---|",
             ]
-            for s in dict.fromkeys([*fw["stages_s"], *st["stages_s"]]):
-                cells = []
-                for part in (fw, st):
-                    v = part["stages_s"].get(s)
-                    tot = part["total_s"]
-                    cells += ["", ""] if v is None else [_ms(v), f"{100 * v / tot:.1f}"]
-                lines.append(f"| {s} | " + " | ".join(cells) + " |")
+            items = [(f"forward {r['forward']['tokens']} tokens (wrapped kernels)", fb)]
+            if "forward_f32_forced_breakdown" in r:
+                items.append(("forward, matmul='f32' forced", r["forward_f32_forced_breakdown"]))
+            for b, sb in r["step_breakdown"].items():
+                items.append((f"step B={b} at position {sb['position']} (standalone kernels)", sb))
+            for label, part in items:
+                tot, gr = part["total_s"], part["groups_s"]
+                cells = [
+                    f"{1e3 * gr.get(k, 0.0):.2f} ms ({100 * gr.get(k, 0.0) / tot:.0f}%)"
+                    for k in ("linears", "attention", "rest")
+                ]
+                lines.append(f"| {label} | {1e3 * tot:.2f} | " + " | ".join(cells) + " |")
+            lines += ["", "Forward stages (exclusive):", ""]
+            lines += [
+                f"- {k}: {1e3 * v:.1f} ms ({100 * v / fb['total_s']:.0f}%)"
+                for k, v in fb["stages_s"].items()
+                if v > 0.005 * fb["total_s"]
+            ]
             lines.append("")
     return "\n".join(lines)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 runs, B in (1, 32), one position")
+    ap.add_argument("--quick", action="store_true", help="3 runs, positions W/4 and 3W/4")
     ap.add_argument("--models", default="cpu,golf", help="comma list of: " + ",".join(MODELS))
-    ap.add_argument("--threads", default="1,2", help="torch thread counts")
+    ap.add_argument("--threads", default="1", help="thread counts (torch and numba)")
     ap.add_argument("--runs", type=int, default=None, help="runs per median (default 5, quick 3)")
-    ap.add_argument(
-        "--windows", type=int, default=0, help="windows per forward (default: 1024 tokens' worth)"
-    )
+    ap.add_argument("--tag", default="", help="file name tag: engine-DATE-TAG.json")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
     a.models = a.models.split(",")
     a.threads = [int(t) for t in a.threads.split(",")]
     a.runs = a.runs or (3 if a.quick else 5)
-    a.batches = [1, 32] if a.quick else [1, 8, 32, 64]
-    a.budget = 30.0 if a.quick else 60.0  # seconds per forward measurement; steps get half
+    a.budget = 20.0 if a.quick else 60.0  # seconds per forward measurement; steps get half
     return a
 
 
@@ -705,13 +662,14 @@ def main(argv=None) -> int:
         "models": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"engine-{report['date']}{'-quick' if args.quick else ''}"
+    tag = f"-{args.tag}" if args.tag else ""
+    stem = f"engine-{report['date']}{tag}{'-quick' if args.quick else ''}"
     for name in args.models:  # results are written after each model, so a cut run keeps them
         report["models"][name] = bench_model(name, args)
         report["load_after"] = loadavg()
         report["seconds"] = round(time.perf_counter() - t0, 1)
-        md = markdown(report)
         (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        md = markdown(report)
         (args.out / f"{stem}.md").write_text(md + "\n")
     print(md)
     log(f"wrote {args.out / stem}.json/.md in {report['seconds']} s")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,10 +53,20 @@ def child_lmzip_path() -> str:
     return r.stdout.strip()
 
 
+CPU_S: list[float] = []  # CPU seconds (user + sys, child and its workers) of each timed_lmzip
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed_lmzip(*args: str) -> float:
-    t0 = time.perf_counter()
+    """Wall seconds of one `python -m lmzip` run (its CPU seconds are appended to CPU_S)."""
+    c0, t0 = _children_cpu(), time.perf_counter()
     r = lmzip(*args)
     dt = time.perf_counter() - t0
+    CPU_S.append(_children_cpu() - c0)
     if r.returncode != 0:
         raise RuntimeError(f"lmzip {' '.join(args)} failed: {r.stderr.strip()[-500:]}")
     return dt
@@ -93,12 +104,15 @@ def run_once(src: Path, model: Path, threads: int, lm_only: bool, tmp: Path) -> 
     z, back = tmp / f"{tag}.lmz", tmp / f"{tag}.out"
     common = ["-m", str(model), "--threads", str(threads), "-f", "-q"]
     extra = ["--lm-only"] if lm_only else []
+    load = loadavg()[0]
     c = timed_lmzip("compress", *common, *extra, "-o", str(z), str(src))
+    c_cpu = CPU_S[-1]
     d = timed_lmzip("decompress", *common, "-o", str(back), str(z))
+    d_cpu = CPU_S[-1]
     if back.read_bytes() != src.read_bytes():
         raise RuntimeError(f"round trip of {src} FAILED")
     info = json.loads(lmzip("info", "--json", str(z)).stdout)
-    return c, d, z.stat().st_size, info.get("chunks")
+    return c, d, z.stat().st_size, info.get("chunks"), c_cpu, d_cpu, load
 
 
 def summarize(src: Path, threads: int, lm_only: bool, runs: list[tuple]) -> dict:
@@ -122,6 +136,9 @@ def summarize(src: Path, threads: int, lm_only: bool, runs: list[tuple]) -> dict
         "decompress_kbps": n / 1000 / d,
         "compress_runs_s": comp,
         "decompress_runs_s": dec,
+        "compress_cpu_s": statistics.median(r[4] for r in runs),
+        "decompress_cpu_s": statistics.median(r[5] for r in runs),
+        "load1_at_start": [r[6] for r in runs],
         "compressed_bytes": runs[-1][2],
         "bpb": 8 * runs[-1][2] / n,
         "chunks": runs[-1][3],
@@ -146,14 +163,16 @@ def markdown(rep: dict) -> str:
         (
             f"Wall time of `python -m lmzip` processes, median of up to {rep['runs']} runs "
             f"(column runs); start-up "
-            f"(1-byte compress) {rep['startup_s']:.2f} s, included below; 1 KB = 1000 bytes."
+            f"(1-byte compress) {rep['startup_s']:.2f} s wall, {rep.get('startup_cpu_s', 0):.2f} s "
+            "CPU, included below; CPU = user + sys of the process and its workers; "
+            "1 KB = 1000 bytes."
         ),
         "",
         (
-            "| input | threads | mode | compress KB/s | decompress KB/s | compress s | "
-            "decompress s | runs | bpb | chunks |"
+            "| input | threads | mode | compress KB/s | decompress KB/s | compress s (CPU s) | "
+            "decompress s (CPU s) | runs | load 1-min | bpb | chunks |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rep["rows"]:
         if "skipped" in r:
@@ -162,15 +181,15 @@ def markdown(rep: dict) -> str:
         ch = ", ".join(f"{k} {v}" for k, v in (r["chunks"] or {}).items() if v)
         lines.append(
             f"| {r['input']} | {r['threads']} | {r['mode']} | {r['compress_kbps']:.2f} | "
-            f"{r['decompress_kbps']:.2f} | {r['compress_s']:.1f} | {r['decompress_s']:.1f} | "
-            f"{r['runs']} | "
-            f"{r['bpb']:.3f} | {ch} |"
+            f"{r['decompress_kbps']:.2f} | {r['compress_s']:.1f} ({r['compress_cpu_s']:.1f}) | "
+            f"{r['decompress_s']:.1f} ({r['decompress_cpu_s']:.1f}) | {r['runs']} | "
+            f"{', '.join(f'{x:.1f}' for x in r['load1_at_start'])} | {r['bpb']:.3f} | {ch} |"
         )
     lines += [
         "",
         (
-            "`--threads N` asks for N worker processes, but a file with fewer chunk groups "
-            "(batch-size 16 chunks of 64 KB) than N runs in one process with N torch threads."
+            "`--threads N` asks for N workers; a file with fewer chunks than N (see the "
+            "chunks column and lmzip's default chunk size) cannot use them all."
         ),
     ]
     return "\n".join(lines)
@@ -189,10 +208,13 @@ def parse_args(argv):
         default=300.0,
         help="seconds for the whole run: runs and sizes that would pass it are left out",
     )
+    ap.add_argument("--modes", default="default,lm-only", help="comma list of: default, lm-only")
+    ap.add_argument("--tag", default="", help="file name tag: speed-DATE-TAG.json")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
     a.sizes = [int(s) for s in a.sizes.split(",")]
     a.threads = [int(t) for t in a.threads.split(",")]
+    a.modes = [m == "lm-only" for m in a.modes.split(",")]
     if a.quick:
         a.sizes, a.runs = [16], 1
     return a
@@ -233,12 +255,13 @@ def main(argv=None) -> int:
             )
             for _ in range(args.runs)
         )
+        rep["startup_cpu_s"] = statistics.median(CPU_S[-args.runs :])
         log(f"model {model} ({source}); start-up {rep['startup_s']:.2f} s")
         # Pass k runs every row a k-th time, smallest input first, while the time measured so
         # far projects the run inside the budget: every row gets its first run before any row
         # gets a second.
         deadline = t0 + args.budget
-        rows = [(src, th, lm) for src in inputs for th in args.threads for lm in (False, True)]
+        rows = [(src, th, lm) for src in inputs for th in args.threads for lm in args.modes]
         runs: dict = {r: [] for r in rows}
         per_byte = 0.0  # slowest (compress + decompress) seconds per byte seen so far
         for k in range(args.runs):
@@ -257,7 +280,8 @@ def main(argv=None) -> int:
     md = markdown(rep)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"speed-{rep['date']}{'-quick' if args.quick else ''}"
+    tag = f"-{args.tag}" if args.tag else ""
+    stem = f"speed-{rep['date']}{tag}{'-quick' if args.quick else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(rep, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(md + "\n")
     log(f"wrote {args.out / stem}.json/.md in {rep['seconds']} s")

@@ -152,3 +152,40 @@ def test_probe_skips_a_broken_compressor(bench, tmp_path):
     )
     assert not compare.probe(broken, src, tmp_path, notes)
     assert notes == ["broken: skipped, probe on 1000 bytes: FAILED: compress exit 3: no model"]
+
+
+@pytest.fixture(scope="module")
+def bench_engine():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_engine
+
+        yield bench_engine
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_engine_step_positions_average_the_window(bench_engine):
+    for quick in (True, False):
+        pos = bench_engine.step_positions(1024, quick)
+        assert sum(pos) / len(pos) == pytest.approx(512, abs=1)
+        assert all(0 < p < 1024 for p in pos)
+
+
+def test_engine_stages_are_exclusive(bench_engine):
+    st = bench_engine.Stages()
+    with st("outer"):
+        with st("inner"):
+            sum(range(200_000))
+    assert st.calls == {"outer": 1, "inner": 1}
+    assert st.time["inner"] > 0 and st.time["outer"] >= 0
+
+
+def test_engine_linear_shapes_and_limit(bench_engine):
+    from lmzip.model import ModelConfig
+
+    cfg = ModelConfig(**{**ModelConfig().to_dict(), **bench_engine.MODELS["cpu"]})
+    shapes = bench_engine.linear_shapes(cfg)
+    assert ("head", 1, 256, 1024) in shapes and ("mlp.up", 6, 256, 768) in shapes
+    t = bench_engine.kernel_times(4, 64, 32, 31, runs=1)
+    assert "f32" in t and "numba" in t and all(v > 0 for v in t.values())
