@@ -394,3 +394,22 @@ def test_spec_reference_implementation_agrees():
         np.testing.assert_allclose(
             _reference_cost(p, toks, prm), mix_cost_bits(p, toks, prm), rtol=0, atol=1e-9
         )
+
+
+def test_version_1_stream_is_refused_with_a_version_error(tiny_model_path, monkeypatch):
+    """A file written by a version-1 mixer (params byte 0 = 1) must not decode to garbage."""
+    import io
+
+    from lmzip import api, mixer
+
+    lm = api.load_model(tiny_model_path)
+    raw = b"The mixer version is checked before any payload is decoded. " * 20
+    monkeypatch.setattr(mixer, "MIXER_VERSION", 1)  # a writer of mixer version 1
+    buf = io.BytesIO()
+    api.compress_stream(io.BytesIO(raw), buf, lm, api.CodingOptions(threads=1))
+    monkeypatch.setattr(mixer, "MIXER_VERSION", 2)
+    out = []
+    with pytest.raises(VersionError, match="mixer version 1 is not supported"):
+        api.decompress_stream(io.BytesIO(buf.getvalue()), out.append, lm,
+                              api.CodingOptions(threads=1))  # fmt: skip
+    assert out == []
