@@ -79,8 +79,8 @@ def kernel_ok(name: str, k: int, n: int, wmax: int, device: str) -> bool:
         return False
 
 
-@functools.cache
-def kernel_seconds(name: str, k: int, n: int, device: str, m: int = 128) -> float:
+def kernel_seconds(name: str, k: int, n: int, device: str, m: int = 128, beat: float = 0.0
+                   ) -> float:  # fmt: skip
     """Best time of kernel `name` over several [m, K] x [K, N] products on this machine. The
     minimum, not the median: on a busy machine a run can be descheduled, never sped up, so the
     best run is the kernel's own speed. Every kernel that passed the self-test gives the same
@@ -103,9 +103,22 @@ def kernel_seconds(name: str, k: int, n: int, device: str, m: int = 128) -> floa
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t)
+            if beat and best > 4 * beat:  # clearly slower than a kernel already timed
+                break
     finally:
         torch.set_num_threads(threads)
     return best
+
+
+@functools.cache
+def fastest(names: tuple, k: int, n: int, device: str) -> str:
+    """The fastest of the exact kernels `names` for K x N on this machine (float32 timed first:
+    it is never slow, so a slow kernel's timing stops early)."""
+    order = sorted(names, key=lambda name: name != "f32")
+    times: dict = {}
+    for name in order:
+        times[name] = kernel_seconds(name, k, n, device, beat=min(times.values(), default=0.0))
+    return min(order, key=times.__getitem__)
 
 
 class MatMul:
@@ -118,8 +131,8 @@ class MatMul:
         k, n = self.w.shape
         dev = str(self.w.device)
         if prefer == "auto":
-            ok = [name for name in KERNELS if name == "f64" or kernel_ok(name, k, n, wmax, dev)]
-            self.kernel = min(ok, key=lambda name: kernel_seconds(name, k, n, dev))
+            ok = tuple(name for name in KERNELS if name == "f64" or kernel_ok(name, k, n, wmax, dev))
+            self.kernel = fastest(ok, k, n, dev)
         elif prefer == "f64" or kernel_ok(prefer, k, n, wmax, dev):
             self.kernel = prefer
         else:  # a forced kernel that failed its self-test: never use it silently

@@ -300,8 +300,7 @@ def _attend_row(qrow, keys, vals, n, gh, att, lg, acc):
             d += qrow[c] * keys[j, c]
         v = _rs(np.int64(d) * gh, 16)
         lg[j] = v
-        if v > m:
-            m = v
+        m = max(m, v)
     s = np.int64(0)
     for j in range(n):
         w = att[min((m - lg[j]) >> 8, last)]
