@@ -163,12 +163,13 @@ def coding_options(fn):
 @coding_options
 @click.option("--lm-only", is_flag=True,
               help="Code with the language model alone (no adaptive mixing).")  # fmt: skip
-@click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=api.DEFAULT_CHUNK_SIZE,
-              show_default=True, help="Input bytes per independently coded chunk.")  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=None,
+              help="Input bytes per independently coded chunk. Default: half the input, "
+              "1-4 MiB (1 MiB for a pipe).")  # fmt: skip
 def compress(input, output, model, threads, batch_size, force, quiet, lm_only, chunk_size):
     """Compress INPUT ('-' for stdin) into an .lmz file. The input is kept."""
     output = output or api.default_output(input, decompress=False)
-    opts = api.CodingOptions(threads, batch_size, chunk_size, lm_only=lm_only)
+    opts = api.CodingOptions(threads, batch_size, chunk_size or 0, lm_only=lm_only)
     prog = _Progress(_size(input), quiet, "compress")
     try:
         api.compress_file(input, output, model, opts, force, prog)
@@ -208,8 +209,9 @@ def decompress(input, output, model, threads, batch_size, force, quiet, test):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--no-roundtrip", is_flag=True,
               help="Measure sizes only; skip decompressing (much faster).")  # fmt: skip
-@click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=api.DEFAULT_CHUNK_SIZE,
-              show_default=True, help="Input bytes per independently coded chunk.")  # fmt: skip
+@click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=None,
+              help="Input bytes per independently coded chunk. Default: half the input, "
+              "1-4 MiB (1 MiB for a pipe).")  # fmt: skip
 def verify(files, model, threads, as_json, no_roundtrip, chunk_size):
     """Compress and decompress each FILE and compare the model's bits per byte with real bytes.
 
@@ -221,7 +223,7 @@ def verify(files, model, threads, as_json, no_roundtrip, chunk_size):
     real_bpb    8 x .lmz file bytes / input bytes (default mode); real_bpb_lm_only: --lm-only
     FILE may be text/bytes, .jsonl (a "text" field per line) or a Parameter Golf .bin shard.
     """
-    opts = api.CodingOptions(threads=threads, chunk_size=chunk_size)
+    opts = api.CodingOptions(threads=threads, chunk_size=chunk_size or 0)
     result = api.verify(list(files), model, opts, roundtrip=not no_roundtrip)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -324,20 +324,22 @@ class MixEncoder:
         self.V = V
         self.head, self.body, self.hist = _new_state(params, V, max_tokens)
         self.cst = enc_new()
-        self.parts = []
+        # one output buffer for the whole chunk: enc_put at P = 16 writes at most 2 bytes per
+        # binary decision (B per token), the flush 7. Per-block buffers kept as many small bytes
+        # objects fragmented a worker's heap by several KB per token.
+        self.out = np.empty(2 * int(self.head[H_B]) * max_tokens + 32, np.uint8)
+        self.pos = 0
 
     def feed(self, p_block, tokens) -> None:
         p_block, tokens = _check_inputs(p_block, tokens, self.V)
         if self.head[H_N] + len(tokens) > self.head[H_MAXTOK]:
             raise ValueError("more tokens than max_tokens")
-        out = np.zeros(2 * int(self.head[H_B]) * len(tokens) + 16, np.uint8)
-        pos = _encode_block(self.head, self.body, self.hist, p_block, tokens, self.cst, out)
-        self.parts.append(out[:pos].tobytes())
+        out = self.out[self.pos :]
+        self.pos += _encode_block(self.head, self.body, self.hist, p_block, tokens, self.cst, out)
 
     def finish(self) -> bytes:
-        out = np.zeros(16, np.uint8)
-        pos = enc_finish(self.cst, out, 0)
-        return b"".join(self.parts) + out[:pos].tobytes()
+        self.pos = enc_finish(self.cst, self.out, self.pos)
+        return self.out[: self.pos].tobytes()
 
 
 class MixDecoder:

@@ -120,3 +120,37 @@ def test_shipped_model_roundtrip_and_quality():
     data = read_corpus("enwiki_gensim.txt.zst", 1500)
     blob = _roundtrip(lm, data, api.CodingOptions(threads=1, lm_only=True))
     assert 8 * len(blob) / len(data) < 4.5
+
+
+def test_auto_chunk_size_rule():
+    mib = 1 << 20
+    assert api.auto_chunk_size(None) == mib  # a pipe: size unknown
+    assert api.auto_chunk_size(0) == api.auto_chunk_size(2 * mib) == mib
+    assert api.auto_chunk_size(2 * mib + 1) == mib + (64 << 10)  # half, up to 64 KiB
+    assert api.auto_chunk_size(5_052_230) == 2_555_904  # shakespeare: two chunks
+    assert api.auto_chunk_size(10**9) == 4 * mib
+    assert api.CodingOptions(chunk_size=8192).chunk_bytes(10**9) == 8192  # explicit wins
+
+
+def test_auto_chunk_size_follows_the_file_size_not_the_reader(lm, tmp_path, monkeypatch):
+    # scaled-down rule (1 KiB .. 4 KiB, 512-byte steps) so that a tiny model codes it fast
+    monkeypatch.setattr(api, "DEFAULT_CHUNK_SIZE", 1024)
+    monkeypatch.setattr(api, "MAX_AUTO_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(api, "AUTO_CHUNK_ALIGN", 512)
+    data = read_corpus("lee_news.txt.zst", 5000)
+    src = tmp_path / "in.txt"
+    src.write_bytes(data)
+    opts = api.CodingOptions(threads=1)
+    blobs = {}
+    for name in ("file", "pipe"):
+        out = io.BytesIO()
+        with open(src, "rb") as f:
+            api.compress_stream(f if name == "file" else io.BytesIO(f.read()), out, lm, opts)
+        blobs[name] = out.getvalue()
+        dec = io.BytesIO()
+        api.decompress_stream(io.BytesIO(blobs[name]), dec.write, lm, opts)
+        assert dec.getvalue() == data
+    sizes = {k: stream.StreamReader(io.BytesIO(b)).header.chunk_size for k, b in blobs.items()}
+    assert sizes == {"file": 2560, "pipe": 1024}  # 5000 / 2 -> 2560; unknown size -> minimum
+    n_chunks = {k: sum(1 for _ in stream.StreamReader(io.BytesIO(b))) for k, b in blobs.items()}
+    assert n_chunks == {"file": 2, "pipe": 5}
