@@ -4,6 +4,7 @@
     python benchmarks/compare.py --runs 3         # lmzip + classical on the three dev sets
     python benchmarks/compare.py --no-lmzip       # classical only
     python benchmarks/compare.py --quick          # smoke test: 1 run, first 100 kB of each file
+    python benchmarks/compare.py --lmzip-runs 1 --no-lm-only   # the README's run (lmzip is slow)
 
 Writes benchmarks/results/compare-YYYY-MM-DD.{json,md} and -bpb.png, -pareto.png. Progress goes
 to stderr. See benchmarks/README.md for what each column means.
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="timed runs per pair; speeds are medians")
     p.add_argument("--lmzip-model", type=Path, help="model container passed to lmzip --model")
     p.add_argument("--no-lmzip", action="store_true", help="classical compressors only")
+    p.add_argument("--no-lm-only", action="store_true", help="skip the `lmzip --lm-only` rows")
+    p.add_argument("--lmzip-runs", type=int, default=0,
+                   help="timed runs per file for lmzip (default: --runs); lmzip is slow")  # fmt: skip
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results dir")
     p.add_argument("--quick", action="store_true", help=f"1 run, first {QUICK_BYTES:,} bytes only")
     args = p.parse_args(argv)
@@ -245,7 +249,8 @@ def write_results(report: dict, rows: list[Row], out: Path, stem: str, ref_md: s
         "",
         f"Command: `{report['command']}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}  ",
-        f"Commit: {report['git_commit']}; {report['runs']} run(s) per pair, speeds are medians"
+        f"Commit: {report['git_commit']}; {report['runs']} run(s) per pair "
+        f"({report.get('lmzip_runs', report['runs'])} for lmzip), speeds are medians"
         + ("; QUICK: first 100 kB of each file only" if report["quick"] else "")
         + "  ",
         f"Peak RSS: {report['rss_method']}  ",
@@ -301,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     model_path = args.lmzip_model
     if not args.no_lmzip:
         lm, lm_notes = cz.lmzip_compressors(model_path)
+        if args.no_lm_only:
+            lm = [c for c in lm if c.name != "lmzip --lm-only"]
         comps += lm
         notes += lm_notes
         model_path = model_path or cz.default_model_path()
@@ -320,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, path in inputs:
             for comp in comps:
                 log(f"[{len(rows) + 1}/{total}] {comp.name} on {label} ({path.stat().st_size:,} B)")
-                row = cz.measure(comp, path, label, Path(tmp), args.runs)
+                runs = args.lmzip_runs if comp.impl == "lmzip" and args.lmzip_runs else args.runs
+                row = cz.measure(comp, path, label, Path(tmp), runs)
                 rows.append(row)
                 if row.ok:
                     log(f"    {row.bpb:.3f} bpb, compress {_fmt_speed(row.compress_kbps)} KB/s, "
@@ -338,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date,
         "command": shlex.join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])]),
         "runs": args.runs,
+        "lmzip_runs": args.lmzip_runs or args.runs,
         "quick": args.quick,
         "machine": machine_info() | {"load_1min": [load_start, os.getloadavg()[0]]},
         "git_commit": git_commit(),
