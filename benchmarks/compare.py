@@ -117,6 +117,8 @@ def machine_info() -> dict:
 
 
 def git_commit() -> str:
+    if os.environ.get("LMZIP_COMMIT"):  # a run from an exported tree (git archive) names its commit
+        return os.environ["LMZIP_COMMIT"]
     res = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty", "--abbrev=12"],
         check=False, capture_output=True, text=True,
