@@ -111,6 +111,8 @@ _fixed_mmap_threshold()
 DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_AUTO_CHUNK_SIZE = 4 << 20
 AUTO_CHUNK_ALIGN = 64 << 10
+DEFAULT_PRECISION = 24
+DEFAULT_BATCH = 16
 
 
 def auto_chunk_size(total: int | None) -> int:
@@ -120,8 +122,6 @@ def auto_chunk_size(total: int | None) -> int:
     half = -(-total // 2)  # ceil(total / 2), rounded up to a multiple of 64 KiB
     half = -(-half // AUTO_CHUNK_ALIGN) * AUTO_CHUNK_ALIGN
     return max(DEFAULT_CHUNK_SIZE, min(MAX_AUTO_CHUNK_SIZE, half))
-DEFAULT_PRECISION = 24
-DEFAULT_BATCH = 16
 
 
 @dataclass
