@@ -418,6 +418,11 @@ def kernel_times(m: int, k: int, n: int, wmax: int, runs: int) -> dict:
         s = np.full(m, 1 << 20, np.int64)
         ws = np.full(n, 1 << 20, np.int64)
         out["numba"] = per_call(lambda: rowops.linear_rows(an, wn, s, ws, 20, -(1 << 40), 1 << 40), runs)
+        if k * 128 * wmax < (1 << 24):  # the decoding step's kernel (float32 halves, exact)
+            wtn = np.ascontiguousarray(wn.T)
+            out["numba_t"] = per_call(
+                lambda: rowops.linear_rows_t(an, wtn, s, ws, 20, -(1 << 40), 1 << 40), runs
+            )
     return out
 
 
@@ -579,7 +584,8 @@ def markdown(report: dict) -> str:
         "",
         "min = every linear (blocks and tied logit head) at the fastest exact kernel measured "
         "for its shape at that M (int_mm only where it passes the exactness self-test; f32 = one "
-        "GEMM of both int8 halves, product only; numba = rowops.linear_rows, M <= 64). "
+        "GEMM of both int8 halves, product only; numba = rowops.linear_rows, M <= 64; "
+        "numba_t = rowops.linear_rows_t, the decoding step's kernel). "
         "GOP/s counts 2 M K N useful ops per linear; the limit is timed in CPU seconds (1 thread: "
         "the time on an idle core), and engine / min compares the engine's CPU time with it. "
         "tokens/s (CPU) = 1 / CPU s per token: the rate on an idle core, as wall time on this "

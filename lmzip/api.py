@@ -25,7 +25,7 @@ from lmzip import coder, container, rowops, stream
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
 from lmzip.mixer import MixDecoder, MixEncoder, MixerParams
-from lmzip.numerics import freq_table, lm_probs
+from lmzip.numerics import exp_tables_np, freq_table, lm_probs
 from lmzip.tokenizer import Tokenizer
 
 
@@ -36,11 +36,14 @@ def info(path: str | None) -> dict:
     the end (every record and payload checksum is verified) to summarise the chunks; the
     decoded content is not checked, which needs the model.
     """
+    described_default = path is None
     if path is None:
         default = container.default_model_path()
         if not default.is_file():
             raise LmzipError(f"no default model at {default} in this build; pass a FILE")
         path = str(default)
+    elif not os.path.exists(path) and path in container.shipped_models():
+        path = str(container.shipped_models()[path])
     with open(path, "rb") as f:
         magic = f.read(8)
         size = os.fstat(f.fileno()).st_size
@@ -55,6 +58,8 @@ def info(path: str | None) -> dict:
             tensors = out["tensors"]
             out["n_params"] = sum(math.prod(t["shape"]) for t in tensors)
             out["tensor_kinds"] = dict(Counter(t["kind"] for t in tensors))
+            if described_default:
+                out["shipped_models"] = {n: str(p) for n, p in container.shipped_models().items()}
             return out
         if magic != stream.MAGIC:
             raise FormatError(f"{path}: not an lmzip model or compressed file (unknown magic)")
@@ -80,17 +85,22 @@ def info(path: str | None) -> dict:
 
 
 def _fixed_mmap_threshold() -> None:
-    """glibc: serve every allocation of 1 MiB or more by mmap, returned to the system when freed.
+    """glibc: fixed thresholds, so that the engine's temporaries are reused, not re-faulted.
 
-    glibc's default raises its mmap threshold after each large free, up to 32 MiB; the engine's
-    tables of a window batch (tens of MB, freed every batch) then come from the heap, and small
-    long-lived objects allocated between them keep it from shrinking: verify workers reached 5 GB
-    on 1 MiB chunks, growing ~8 KB per token. With a fixed threshold a worker encoding 120 KB stays
-    flat at 460 MB (measured 2026-11-23)."""
+    By default glibc raises its mmap threshold after each large free (up to 32 MiB) and trims the
+    heap top above 128 KiB: small long-lived objects allocated between large freed blocks then
+    kept the heap growing (verify workers reached 5 GB on 1 MiB chunks, ~8 KB per token), while
+    serving every block of 1 MiB or more by mmap (the earlier fix) made each pass fault in all of
+    its temporaries afresh: 135 page faults per token, about half of the compress time in the
+    kernel on this VM. Now: blocks up to 32 MiB come from the heap and the heap keeps up to
+    128 MiB of free space (the passes of `lm_probabilities` are sized so that their temporaries
+    stay under 32 MiB); 3 faults per token, flat RSS (measured 2026-11-23, docs/reliability.md)."""
     if not sys.platform.startswith("linux"):
         return
     try:
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; a no-op on other libcs
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (the most glibc accepts on 64-bit)
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD; both no-ops on other libcs
     except (OSError, AttributeError):
         pass
 
@@ -113,6 +123,10 @@ MAX_AUTO_CHUNK_SIZE = 4 << 20
 AUTO_CHUNK_ALIGN = 64 << 10
 DEFAULT_PRECISION = 24
 DEFAULT_BATCH = 16
+# LM windows per teacher-forced pass: 4 x 511 positions keep every temporary of a pass (the
+# widest, [positions, vocab] int64 and the MLP's, ~16 MB) under the mmap threshold above, so the
+# heap reuses them; larger passes are no faster and fault their memory in anew each time.
+FORWARD_WINDOWS = 4
 
 
 def auto_chunk_size(total: int | None) -> int:
@@ -137,14 +151,31 @@ class LoadedModel:
 
 
 def resolve_model_path(path: str | None) -> str:
+    """None: the shipped default model; a path; or the name of a shipped model (`lmzip info`
+    lists them), where no file of that name exists."""
     if path is None:
         default = container.default_model_path()
         if not default.is_file():
             raise LmzipError(f"no default model at {default} in this build; pass -m MODEL")
         return str(default)
     if not os.path.exists(path):
-        raise LmzipError(f"{path}: model file not found")
+        shipped = container.shipped_models()
+        if path in shipped:
+            return str(shipped[path])
+        names = f" (shipped models: {', '.join(shipped)})" if shipped else ""
+        raise LmzipError(f"{path}: model file not found{names}")
     return path
+
+
+def shipped_model_for(model_id: bytes) -> str | None:
+    """The path of the shipped model with this id, if the package has one."""
+    for path in container.shipped_models().values():
+        try:
+            if bytes.fromhex(container.read_model_header(path)["model_id"]) == model_id:
+                return str(path)
+        except (LmzipError, OSError, KeyError, ValueError):
+            continue
+    return None
 
 
 def load_model(path: str | None = None, device: str = "cpu", matmul: str = "auto") -> LoadedModel:
@@ -209,8 +240,9 @@ def _window_inputs(model: LoadedModel, segs: list[np.ndarray]) -> torch.Tensor:
 def lm_probabilities(model: LoadedModel, tokens: np.ndarray, batch: int) -> Iterator[np.ndarray]:
     """Yield the engine's Q30 probability rows [n, V] of `tokens`, segment after segment."""
     segs = [tokens[a:b] for a, b in _segments(len(tokens), model.engine.window - 1)]
-    for i in range(0, len(segs), batch):
-        group = segs[i : i + batch]
+    per_pass = max(1, min(batch, FORWARD_WINDOWS))
+    for i in range(0, len(segs), per_pass):
+        group = segs[i : i + per_pass]
         p = lm_probs(model.engine.forward(_window_inputs(model, group)))
         for j, s in enumerate(group):
             yield p[j, : len(s)]
@@ -297,30 +329,28 @@ def decode_chunks(
     streams = [_Stream(r, p, mixer, eng.vocab_size) for r, p in items]
     b, seg = len(streams), eng.window - 1
     state = eng.new_state(b)
-    inp = torch.full((b,), bos, dtype=torch.int64)
-    pos = torch.zeros(b, dtype=torch.int64)
-    while any(s.done < s.n for s in streams):
-        p = lm_probs(eng.step(state, inp, pos))
-        lm_rows = [i for i, s in enumerate(streams) if s.mix is None and s.done < s.n]
-        if lm_rows:
-            f = freq_table(p[lm_rows], precision)
-            cumt = torch.cat([torch.zeros(len(lm_rows), 1, dtype=torch.int64),
-                              f.cumsum(dim=-1)], dim=1).numpy().astype(np.uint64)  # fmt: skip
-        pn = p.numpy()
-        for i, s in enumerate(streams):
-            if s.done >= s.n:
-                continue
+    # the step reads these numpy arrays through zero-copy tensors; the loop writes them in place
+    inp_np, pos_np = np.full(b, bos, np.int64), np.zeros(b, np.int64)
+    inp, pos = torch.from_numpy(inp_np), torch.from_numpy(pos_np)
+    work = np.empty(eng.vocab_size + 1, np.uint64)
+    tables = exp_tables_np()
+    live = [i for i, s in enumerate(streams) if s.n > 0]
+    while live:
+        capped = eng.step(state, inp, pos).numpy()
+        pn = rowops.probs_rows(np.ascontiguousarray(capped), *tables)
+        for i in live:
+            s = streams[i]
             if s.mix is None:
-                tok = int(coder.dec_symbol(s.st, s.data, cumt[lm_rows.index(i)],
-                                           np.uint64(precision)))  # fmt: skip
+                tok = int(rowops.decode_lm_row(pn[i], precision, s.st, s.data, work))
             else:
                 tok = s.mix.next(pn[i])
             s.tokens[s.done] = tok
             s.done += 1
             if s.done % seg == 0:
-                inp[i], pos[i] = bos, 0
+                inp_np[i], pos_np[i] = bos, 0
             else:
-                inp[i], pos[i] = tok, s.done % seg
+                inp_np[i], pos_np[i] = tok, s.done % seg
+        live = [i for i in live if streams[i].done < streams[i].n]
     return [model.tokenizer.decode(s.tokens) for s in streams]
 
 
@@ -509,10 +539,13 @@ def check_compatible(header: stream.StreamHeader, model: LoadedModel) -> None:
         MixerParams.from_bytes(header.mixer)
 
 
-def decompress_stream(src, write, model: LoadedModel, opts: CodingOptions, progress=None) -> dict:
-    """Decode the .lmz stream `src`; `write(bytes)` receives verified chunks in order."""
+def decompress_stream(src, write, model, opts: CodingOptions, progress=None) -> dict:
+    """Decode the .lmz stream `src`; `write(bytes)` receives verified chunks in order. `model`: a
+    LoadedModel, or a function of the stream header that loads one (see decompress_file)."""
     reader = stream.StreamReader(src)
     h = reader.header
+    if not isinstance(model, LoadedModel):
+        model = model(h)
     check_compatible(h, model)
     mixer_bytes = h.mixer
     hasher, total = stream.ContentHasher(), 0
@@ -630,20 +663,27 @@ def _to_output(input: str, output: str, force: bool, work) -> dict:
 
 def decompress_file(input: str, output: str | None, model: str | None = None,
                     opts: CodingOptions = None, force: bool = False, progress=None) -> dict:  # fmt: skip
-    """output=None: decode and verify only (--test)."""
+    """output=None: decode and verify only (--test). model=None: the shipped model the file was
+    compressed with (by the model id in its header), else the default model."""
     opts = opts or CodingOptions()
+
+    def lm(header: stream.StreamHeader) -> LoadedModel:
+        if model is None:
+            return load_model(shipped_model_for(header.model_id))
+        return load_model(model)
+
     if output is None:
         src = _open_input(input)
         try:
-            return _decompress_named(input, src, lambda b: None, load_model(model), opts, progress)
+            return _decompress_named(input, src, lambda b: None, lm, opts, progress)
         finally:
             if src is not sys.stdin.buffer:
                 src.close()
     return _to_output(input, output, force, lambda src, f: _decompress_named(
-        input, src, f.write, load_model(model), opts, progress))  # fmt: skip
+        input, src, f.write, lm, opts, progress))  # fmt: skip
 
 
-def _decompress_named(name: str, src, write, lm: LoadedModel, opts, progress) -> dict:
+def _decompress_named(name: str, src, write, lm, opts, progress) -> dict:
     """decompress_stream, with the input's name in front of every error about the input."""
     try:
         return decompress_stream(src, write, lm, opts, progress)

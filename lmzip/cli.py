@@ -97,12 +97,13 @@ def _print_text(d: dict, indent: str = "") -> None:
 
 
 @main.command(epilog="\b\nExample:\n  lmzip info model.lmzm --json\n  lmzip info notes.txt.lmz")
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(file: str | None, as_json: bool) -> None:
     """Print the header fields of a model (.lmzm) or compressed (.lmz) FILE.
 
-    Without FILE, describe the default model shipped with lmzip.
+    Without FILE, describe the default model shipped with lmzip. FILE may also be the name of
+    a shipped model (the "shipped_models" field of the default model's description lists them).
     """
     d = api.info(file)
     if as_json:
@@ -138,7 +139,9 @@ def _size(path: str) -> int | None:
 
 _coding_options = [
     click.option("-m", "--model", type=click.Path(dir_okay=False),
-                 help="Model container (.lmzm). Default: the model shipped with lmzip."),
+                 help="Model container (.lmzm), or the name of a model shipped with lmzip "
+                 "(`lmzip info` lists them). Default: the shipped default model; decompress "
+                 "uses the shipped model the file was made with."),
     click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
                  help="Worker processes (0 = one per core). Changes speed only, never bytes."),
     click.option("--batch-size", type=click.IntRange(1, 4096), default=api.DEFAULT_BATCH,
@@ -203,7 +206,8 @@ def decompress(input, output, model, threads, batch_size, force, quiet, test):
 )
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-m", "--model", type=click.Path(dir_okay=False),
-              help="Model container (.lmzm). Default: the model shipped with lmzip.")  # fmt: skip
+              help="Model container (.lmzm) or a shipped model's name. Default: the shipped "
+              "default model.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
               help="Worker processes (0 = one per core).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

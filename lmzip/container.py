@@ -63,6 +63,12 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "models" / "default.lmzm"
 
 
+def shipped_models() -> dict[str, Path]:
+    """Every model the package ships, by name: lmzip/models/NAME.lmzm -> {NAME: path}."""
+    d = default_model_path().parent
+    return {p.stem: p for p in sorted(d.glob("*.lmzm"))} if d.is_dir() else {}
+
+
 @dataclass
 class QTensor:
     """One stored tensor. q6/q8: int8 values [rows, cols] with float16 per-row scales [rows]."""

@@ -72,7 +72,7 @@ class _Linear:
         vals = np.asarray(qt.values)
         if qmax is None or vals.ndim != 2 or np.abs(vals.astype(np.int16)).max(initial=0) > qmax:
             raise FormatError(f"model tensor {name} is not a valid q6/q8 matrix")
-        self.shape = vals.shape
+        self.shape, self.qmax = vals.shape, qmax
         self.ws = _q24(qt.scales, name, SCALE_MAX).to(device)
         if self.ws.min() < 0:
             raise FormatError(f"model tensor {name} has negative scales")
@@ -194,15 +194,16 @@ class Engine:
         linear's int32 sums could overflow (then steps run layer by layer)."""
         lins = [self.emb] + [lay[n] for lay in self.layers for n in
                              ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")]
-        if any(lin.w_rows is None for lin in lins):
+        # rowops.linear_rows_t sums in float32: exact while K * 128 * max|w| < 2^24
+        if any(lin.w_rows is None or lin.shape[1] * 128 * lin.qmax >= 1 << 24 for lin in lins):
             return None
 
         def stack(name):
-            w = np.stack([lay[name].w_rows for lay in self.layers])
+            w = np.stack([np.ascontiguousarray(lay[name].w_rows.T) for lay in self.layers])
             ws = np.stack([lay[name].ws_np for lay in self.layers])
             return w, ws
 
-        args = [self.emb.w_rows, self.emb.ws_np]
+        args = [self.emb.w_rows, np.ascontiguousarray(self.emb.w_rows.T), self.emb.ws_np]
         for name in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"):
             args += stack(name)
         gains = np.stack([lay["gain"].numpy() for lay in self.layers])

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from lmzip.coder import dec_symbol
+
 
 @njit(cache=True, inline="always")
 def _isqrt(n):
@@ -178,6 +180,50 @@ def linear_rows(a, w, a_scale, ws, shift, lo, hi):
     return out
 
 
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+def linear_rows_t(a, wt, a_scale, ws, shift, lo, hi):
+    """linear_rows with transposed weights wt int8 [K, N], the products in float32: for each
+    row, acc = 128 * (hi . w) + (lo . w), a = 128 * hi + lo, lo in [0, 127], accumulated over
+    all N outputs at once (vector lanes along N, four inputs per pass). The caller guarantees
+    K * 128 * max|w| < 2^24: every partial sum, in whatever order the compiler adds them, is
+    then an integer below 2^24 in magnitude, exact in float32, so reassociation cannot change
+    a result (the same bound as the forward pass's GEMM, numerics.md "linear")."""
+    m, k = a.shape
+    n = wt.shape[1]
+    out = np.empty((m, n), np.int64)
+    sh = np.empty(n, np.float32)
+    sl = np.empty(n, np.float32)
+    for r in range(m):
+        sh[:] = 0
+        sl[:] = 0
+        c = 0
+        while c + 4 <= k:
+            h0, l0 = np.float32(a[r, c] >> 7), np.float32(a[r, c] & 127)
+            h1, l1 = np.float32(a[r, c + 1] >> 7), np.float32(a[r, c + 1] & 127)
+            h2, l2 = np.float32(a[r, c + 2] >> 7), np.float32(a[r, c + 2] & 127)
+            h3, l3 = np.float32(a[r, c + 3] >> 7), np.float32(a[r, c + 3] & 127)
+            for j in range(n):
+                w0, w1 = np.float32(wt[c, j]), np.float32(wt[c + 1, j])
+                w2, w3 = np.float32(wt[c + 2, j]), np.float32(wt[c + 3, j])
+                sh[j] += h0 * w0 + h1 * w1 + h2 * w2 + h3 * w3
+                sl[j] += l0 * w0 + l1 * w1 + l2 * w2 + l3 * w3
+            c += 4
+        while c < k:
+            h0, l0 = np.float32(a[r, c] >> 7), np.float32(a[r, c] & 127)
+            for j in range(n):
+                w0 = np.float32(wt[c, j])
+                sh[j] += h0 * w0
+                sl[j] += l0 * w0
+            c += 1
+        s = a_scale[r]
+        for j in range(n):
+            acc = np.int64(sh[j]) * 128 + np.int64(sl[j])
+            t = _rs(acc * s, 16)
+            v = _rs(t * ws[j], shift)
+            out[r, j] = min(max(v, lo), hi)
+    return out
+
+
 @njit(cache=True)
 def rescale(acc, a_scale, ws, shift, lo, hi):
     """Linear epilogue: clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) for acc [N, M]."""
@@ -263,26 +309,50 @@ def probs_rows(capped, tn, ta, tb):
     return out
 
 
+@njit(cache=True, inline="always")
+def _freq_row(p, precision, out):
+    """One row of freq_rows: Q30 probabilities p [V] -> frequencies out [V] (numerics.md
+    section 6): 1 + floor(p_i (2^P - V) / sum p), the remainder to the first argmax."""
+    v = p.shape[0]
+    total = np.int64(1) << precision
+    s = np.int64(0)
+    top = 0
+    for c in range(v):
+        s += p[c]
+        if p[c] > p[top]:
+            top = c
+    acc = np.int64(0)
+    for c in range(v):
+        f = 1 + (p[c] * (total - v)) // s
+        out[c] = f
+        acc += f
+    out[top] += total - acc
+
+
 @njit(cache=True)
 def freq_rows(p, precision):
     """Q30 probabilities [N, V] -> frequency tables (numerics.md section 6)."""
     n, v = p.shape
-    total = np.int64(1) << precision
     out = np.empty((n, v), np.int64)
     for r in prange(n):
-        s = np.int64(0)
-        top = 0
-        for c in range(v):
-            s += p[r, c]
-            if p[r, c] > p[r, top]:
-                top = c
-        acc = np.int64(0)
-        for c in range(v):
-            f = 1 + (p[r, c] * (total - v)) // s
-            out[r, c] = f
-            acc += f
-        out[r, top] += total - acc
+        _freq_row(p[r], precision, out[r])
     return out
+
+
+@njit(cache=True)
+def decode_lm_row(p, precision, st, data, work):
+    """Decode one token of an --lm-only stream from its Q30 probabilities p [V]: the frequency
+    table of freq_rows, its cumulative table (work, uint64 [V + 1]), and coder.dec_symbol, in
+    one call (the decoding loop paid ~300 us per token in separate torch and numpy calls)."""
+    v = p.shape[0]
+    f = np.empty(v, np.int64)
+    _freq_row(p, precision, f)
+    acc = np.uint64(0)
+    work[0] = acc
+    for c in range(v):
+        acc += np.uint64(f[c])
+        work[c + 1] = acc
+    return dec_symbol(st, data, work, np.uint64(precision))
 
 
 @njit(cache=True, inline="always")
@@ -383,10 +453,11 @@ def attend_step(q, kc, vc, pos, gain, att):
 
 
 @njit(cache=True)
-def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
+def step_all(tokens, pos, emb_w, emb_wt, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
              wsdn, gains, skip, cos, sin, att, kc, vc, sqd, sqe, e, cap, tn, ta, tb, lims):
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
-    dispatch. Weights are stacked per layer ([L, out, in] int8, scales [L, out] Q24), caches
+    dispatch. Weights are stacked per layer, transposed for linear_rows_t ([L, in, out] int8;
+    emb_w [V, D] for the lookup, emb_wt [D, V] for the logits; scales [L, out] Q24), caches
     kc int32 / vc float64 [L, B, K, W, E] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
     Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
     res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
@@ -411,9 +482,9 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
                     v = x[b, c] + _rs(skips[ns, b, c] * skip[i - n_enc, c], 24)
                     x[b, c] = min(max(v, -res_max), res_max)
         a, s = normquant(x, sqd, aq)
-        q = qk_rows(linear_rows(a, wq[i], s, wsq[i], 20, -big, big), pos, cos, sin, sqe, e)
-        k = qk_rows(linear_rows(a, wk[i], s, wsk[i], 20, -big, big), pos, cos, sin, sqe, e)
-        vv = linear_rows(a, wv[i], s, wsv[i], 22, -v_max, v_max)
+        q = qk_rows(linear_rows_t(a, wq[i], s, wsq[i], 20, -big, big), pos, cos, sin, sqe, e)
+        k = qk_rows(linear_rows_t(a, wk[i], s, wsk[i], 20, -big, big), pos, cos, sin, sqe, e)
+        vv = linear_rows_t(a, wv[i], s, wsv[i], 22, -v_max, v_max)
         for b in range(b_n):
             p = pos[b]
             for h in range(kv_n):
@@ -422,18 +493,18 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
                     vc[i, b, h, p, c] = np.float64(vv[b, h * e + c])
         y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
         a, s = absquant(y, 14, aq)
-        o = linear_rows(a, wo[i], s, wso[i], 20, -big, big)
+        o = linear_rows_t(a, wo[i], s, wso[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
                 x[b, c] = min(max(x[b, c] + o[b, c], -res_max), res_max)
         a, s = normquant(x, sqd, aq)
-        hid = linear_rows(a, wup[i], s, wsup[i], 20, -h_max, h_max)
+        hid = linear_rows_t(a, wup[i], s, wsup[i], 20, -h_max, h_max)
         for b in range(b_n):
             for c in range(hid.shape[1]):
                 hv = max(hid[b, c], 0)
                 hid[b, c] = hv * hv
         a, s = absquant(hid, 0, aq)
-        dn = linear_rows(a, wdn[i], s, wsdn[i], 20, -big, big)
+        dn = linear_rows_t(a, wdn[i], s, wsdn[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
                 x[b, c] = min(max(x[b, c] + dn[b, c], -res_max), res_max)
@@ -441,7 +512,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
             skips[ns] = x
             ns += 1
     a, s = normquant(x, sqd, aq)
-    lg = linear_rows(a, emb_w, s, emb_ws, 16, -logit_max, logit_max)
+    lg = linear_rows_t(a, emb_wt, s, emb_ws, 16, -logit_max, logit_max)
     if cap == 0:
         return lg
     return softcap_rows(lg, cap, tn, ta, tb)

@@ -154,3 +154,37 @@ def test_auto_chunk_size_follows_the_file_size_not_the_reader(lm, tmp_path, monk
     assert sizes == {"file": 2560, "pipe": 1024}  # 5000 / 2 -> 2560; unknown size -> minimum
     n_chunks = {k: sum(1 for _ in stream.StreamReader(io.BytesIO(b))) for k, b in blobs.items()}
     assert n_chunks == {"file": 2, "pipe": 5}
+
+
+def test_shipped_models_by_name_and_decompress_picks_the_files_model(
+    tok_bytes, tmp_path, monkeypatch
+):
+    """-m NAME finds a shipped model; decompress without -m uses the shipped model whose id the
+    file's header names (files made with any shipped model decode with no flags), and a file
+    made with a model that is not shipped fails with the model-mismatch error."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, seed in (("default", 3), ("other", 4)):
+        container.save_model(random_model_file(tok_bytes, seed=seed), models / f"{name}.lmzm")
+    outside = tmp_path / "outside.lmzm"
+    container.save_model(random_model_file(tok_bytes, seed=5), outside)
+    monkeypatch.setattr(container, "default_model_path", lambda: models / "default.lmzm")
+    assert set(container.shipped_models()) == {"default", "other"}
+    assert api.resolve_model_path("other") == str(models / "other.lmzm")
+    with pytest.raises(api.LmzipError, match="shipped models: default, other"):
+        api.resolve_model_path("nosuch")
+    src = tmp_path / "t.txt"
+    src.write_bytes(TEXT * 3)
+    opts = api.CodingOptions(threads=1)
+    for model in ("other", "default", str(outside)):
+        lmz, back = tmp_path / "t.lmz", tmp_path / "t.out"
+        api.compress_file(str(src), str(lmz), model, opts, force=True)
+        if model == str(outside):
+            with pytest.raises(ModelMismatchError):
+                api.decompress_file(str(lmz), str(back), None, opts, force=True)
+            assert not back.exists()  # no partial output
+            api.decompress_file(str(lmz), str(back), str(outside), opts, force=True)
+        else:
+            api.decompress_file(str(lmz), str(back), None, opts, force=True)
+        assert back.read_bytes() == TEXT * 3
+        back.unlink()

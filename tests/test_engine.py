@@ -221,3 +221,55 @@ def test_fused_table_functions_equal_reference():
     assert torch.equal(p, numerics.lm_probs_reference(capped))
     for prec in (11, 16, 24):
         assert torch.equal(numerics.freq_table(p, prec), numerics.freq_table_reference(p, prec))
+
+
+@pytest.mark.parametrize("k,qmax", [(1, 127), (7, 31), (192, 31), (1024, 127), (1027, 31)])
+def test_linear_rows_t_float_sums_exact_at_the_extremes(k, qmax):
+    """rowops.linear_rows_t (float32 halves, reassociated sums; the decoding step's linears)
+    gives exactly linear_rows' int32 results, also where every product has the largest
+    magnitude and one sign, i.e. where the partial sums come closest to 2^24."""
+    from lmzip import rowops
+
+    assert k * 128 * qmax < 1 << 24
+    rng = np.random.default_rng(k)
+    n = 37
+    rows = [
+        np.full(k, 16383),
+        np.full(k, -16383),
+        np.full(k, -16384 + 1),
+        np.where(np.arange(k) % 2, 16383, -16383),
+        np.full(k, 127),  # lo halves at their largest, hi = 0
+        rng.integers(-16383, 16384, k),
+    ]
+    a = np.stack(rows).astype(np.int64)
+    w = rng.integers(-qmax, qmax + 1, (n, k)).astype(np.int8)
+    w[0], w[1], w[2] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
+    a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
+    ws = rng.integers(0, 1 << 24, n).astype(np.int64)
+    for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
+        want = rowops.linear_rows(a, w, a_scale, ws, shift, -lim, lim)
+        got = rowops.linear_rows_t(a, np.ascontiguousarray(w.T), a_scale, ws, shift, -lim, lim)
+        assert np.array_equal(got, want)
+
+
+def test_decode_lm_row_decodes_what_the_table_rule_encoded():
+    """rowops.decode_lm_row (frequency table + cumulative table + range decoder in one call, the
+    --lm-only decoding loop) inverts coder.encode_symbols over numerics.freq_table's tables."""
+    from lmzip import coder, rowops
+
+    g = torch.Generator().manual_seed(5)
+    capped = torch.randint(-(30 << 16), 30 << 16, (300, 257), generator=g)
+    capped[3] = 0  # a flat row: the remainder goes to the first argmax
+    p = numerics.lm_probs(capped)
+    for prec in (12, 24):
+        f = numerics.freq_table(p, prec)
+        cum = f.cumsum(dim=-1) - f
+        toks = torch.randint(0, 257, (300,), generator=g)
+        toks[7] = int(f[7].argmin())  # a least likely symbol
+        data = coder.encode_symbols(cum.gather(1, toks[:, None])[:, 0].numpy().astype(np.uint64),
+                                    f.gather(1, toks[:, None])[:, 0].numpy().astype(np.uint64),
+                                    np.uint64(prec))  # fmt: skip
+        st, work = coder.dec_new(data), np.empty(258, np.uint64)
+        out = [int(rowops.decode_lm_row(p[i].numpy(), prec, st, data, work)) for i in range(300)]
+        assert out == toks.tolist()
+        assert coder.dec_overrun(st) == 0
