@@ -415,3 +415,17 @@ def test_two_process_gloo_matches_one_process(corpus, tmp_path):
     assert sorted(two) == list(range(1, 7))
     for k in one:
         assert two[k] == pytest.approx(one[k], rel=1e-4, abs=1e-5), (k, one, two)
+
+
+def test_dtype_auto_is_bf16_only_where_it_is_native(monkeypatch):
+    from trainer import config
+
+    assert config.resolve_dtype("fp32", "cuda") == "fp32"
+    assert config.resolve_dtype("bf16", "cpu") == "bf16"
+    assert config.resolve_dtype("auto", "cuda") == "bf16"
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
+    assert config.resolve_dtype("auto", "cpu") == "fp32"  # emulated bf16 is ~5x slower
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    assert config.resolve_dtype("auto", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="train.dtype"):
+        config.resolve_dtype("fp16", "cpu")

@@ -50,7 +50,7 @@ class TrainSettings:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     ema_decay: float = 0.0  # exponential moving average of weights exported instead; 0 = off
     seed: int = 1337  # model init and data order
-    dtype: str = "bf16"  # autocast dtype: "bf16" or "fp32"
+    dtype: str = "auto"  # autocast dtype: "bf16", "fp32", or "auto" (bf16 where it is native)
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda"
     compile: str = "auto"  # torch.compile: "auto" (on for cuda), "on", "off"
     compile_warmup_steps: int = 0  # untimed steps before training, then weights are restored
@@ -175,3 +175,25 @@ def load_preset(name: str) -> TrainConfig:
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"preset {name}: CONFIG is not a TrainConfig")
     return dataclasses.replace(cfg, preset=name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX on this CPU (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device_kind: str) -> str:
+    """"auto": bf16 on CUDA and on CPUs with native bf16 arithmetic, else fp32. On an AVX2-only
+    CPU, bf16 autocast is emulated: the 4 x d192 model trained at under 420 tokens/s in bf16
+    (not 20 steps of 8,192 tokens in 6.5 minutes), 2,240 in fp32, on one core of this AMD EPYC
+    (AVX2, measured 2026-11-23)."""
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.dtype must be auto, bf16 or fp32, not {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    return "bf16" if device_kind == "cuda" or cpu_has_native_bf16() else "fp32"

@@ -26,7 +26,7 @@ from lmzip.export import model_file_from_gpt
 from lmzip.model import GPT
 from lmzip.tokenizer import Tokenizer
 from trainer.checkpoint import load_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resolve_dtype
 from trainer.evaluate import ValSet, evaluate
 from trainer.shards import val_stream
 
@@ -63,7 +63,8 @@ def export_checkpoint(
         val = ValSet(val_stream(prep["val"], limit), tok)
         t0 = time.time()
         # the run's own autocast dtype: bf16 halves this on CPU and moves bpb by ~1e-3 at most
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.dtype == "bf16")
+        bf16 = resolve_dtype(cfg.train.dtype, device.type) == "bf16"
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
         for name, qat in (("float", False), ("quant", True)):
             model.set_qat(qat)
             r = evaluate(model, val, cfg.model.seq_len, stride, cfg.eval.batch_seqs, device, amp)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from lmzip.model import GPT
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resolve_dtype
 from trainer.evaluate import ValSet, evaluate
 from trainer.optim import build_optimizers
 from trainer.prepare import prepare
@@ -197,7 +197,7 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         _log(
             f"batch: {global_seqs} seqs x {cfg.model.seq_len} = {t.global_batch_tokens:,} "
             f"tokens/step = {dd.world} procs x {accum} accum x {micro} seqs | {device} "
-            f"{t.dtype} | {torch.get_num_threads()} threads"
+            f"{resolve_dtype(t.dtype, device_kind)} | {torch.get_num_threads()} threads"
         )
 
     fwd = model
@@ -210,7 +210,7 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         )
     amp = (
         (lambda: torch.autocast(device_kind, dtype=torch.bfloat16))
-        if t.dtype == "bf16"
+        if resolve_dtype(t.dtype, device_kind) == "bf16"
         else contextlib.nullcontext
     )
     # appended across resumes; closed when the loop ends

@@ -1,6 +1,7 @@
 """cpu: the best model a 2-core AVX512-BF16 CPU trains in about two hours (the shipped default).
 
-6 layers, d 256, MLP 3x (3.8M parameters, ~2.9 MB as int6/int8), context 512, bf16 autocast,
+6 layers, d 256, MLP 3x (3.8M parameters, ~2.9 MB as int6/int8), context 512, bf16 autocast where
+the CPU has it natively (fp32 otherwise: emulated bf16 is ~5x slower),
 16 sequences (8,192 tokens) per step, QAT over the last 30 % of the wallclock budget.
 Measured on the project machine (2 threads): see trainer/README.md for throughput and bpb.
 """
@@ -21,7 +22,7 @@ CONFIG = TrainConfig(
         warmdown_frac=0.25,
         qat_frac=0.3,
         muon_momentum_warmup_steps=300,
-        dtype="bf16",
+        dtype="auto",
         threads=2,
         log_every=20,
         val_every_seconds=900,
