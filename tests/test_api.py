@@ -109,17 +109,20 @@ def test_verify_measures_agree(tiny_model_path, tmp_path):
     assert row["real_bpb"] <= row["real_bpb_lm_only"]
 
 
-def test_shipped_model_roundtrip_and_quality():
-    """The default model is real: it predicts English far better than 8 bits per byte."""
-    path = container.default_model_path()
-    if not path.exists():
+def test_shipped_models_roundtrip_and_quality():
+    """Every shipped model is real: it predicts English far better than 8 bits per byte, and
+    carries its provenance."""
+    shipped = container.shipped_models()
+    if "default" not in shipped:
         pytest.skip("no default model in this checkout")
-    lm = api.load_model()
-    prov = lm.mf.provenance
-    assert {"data", "preset", "steps"} <= set(prov)
     data = read_corpus("enwiki_gensim.txt.zst", 1500)
-    blob = _roundtrip(lm, data, api.CodingOptions(threads=1, lm_only=True))
-    assert 8 * len(blob) / len(data) < 4.5
+    for name in shipped:
+        lm = api.load_model(name)
+        prov = lm.mf.provenance
+        assert {"data", "preset", "steps", "val_bpb_quant"} <= set(prov), name
+        assert prov["data"] == ["train_mix.txt.zst"], name  # never a dev set
+        blob = _roundtrip(lm, data, api.CodingOptions(threads=1, lm_only=True))
+        assert 8 * len(blob) / len(data) < 4.5, name
 
 
 def test_auto_chunk_size_rule():
