@@ -20,7 +20,7 @@ import click
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lmzip  # noqa: E402
-from lmzip import api  # noqa: E402
+from lmzip import api, container  # noqa: E402
 from lmzip.errors import LmzipError
 
 
@@ -96,8 +96,16 @@ def _print_text(d: dict, indent: str = "") -> None:
             click.echo(f"{indent}{key}: {value}")
 
 
+def _file_or_shipped_model(ctx, param, value):
+    """An existing file, or the name of a model shipped with lmzip (a usage error otherwise)."""
+    if value is None or os.path.exists(value) or value in container.shipped_models():
+        return value
+    raise click.BadParameter(f"File '{value}' does not exist (nor is it a shipped model's name).")
+
+
 @main.command(epilog="\b\nExample:\n  lmzip info model.lmzm --json\n  lmzip info notes.txt.lmz")
-@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.argument("file", required=False, type=click.Path(dir_okay=False),
+                callback=_file_or_shipped_model)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(file: str | None, as_json: bool) -> None:
     """Print the header fields of a model (.lmzm) or compressed (.lmz) FILE.
