@@ -42,8 +42,8 @@ def info(path: str | None) -> dict:
         if not default.is_file():
             raise LmzipError(f"no default model at {default} in this build; pass a FILE")
         path = str(default)
-    elif not os.path.exists(path) and path in container.shipped_models():
-        path = str(container.shipped_models()[path])
+    elif not os.path.exists(path):
+        path = _shipped_path(path) or path
     with open(path, "rb") as f:
         magic = f.read(8)
         size = os.fstat(f.fileno()).st_size
@@ -159,12 +159,19 @@ def resolve_model_path(path: str | None) -> str:
             raise LmzipError(f"no default model at {default} in this build; pass -m MODEL")
         return str(default)
     if not os.path.exists(path):
+        named = _shipped_path(path)
+        if named:
+            return named
         shipped = container.shipped_models()
-        if path in shipped:
-            return str(shipped[path])
         names = f" (shipped models: {', '.join(shipped)})" if shipped else ""
         raise LmzipError(f"{path}: model file not found{names}")
     return path
+
+
+def _shipped_path(name: str) -> str | None:
+    """The path of the shipped model called `name`, if there is one."""
+    path = container.shipped_models().get(name)
+    return str(path) if path else None
 
 
 def shipped_model_for(model_id: bytes) -> str | None:
@@ -332,7 +339,7 @@ def decode_chunks(
     # the step reads these numpy arrays through zero-copy tensors; the loop writes them in place
     inp_np, pos_np = np.full(b, bos, np.int64), np.zeros(b, np.int64)
     inp, pos = torch.from_numpy(inp_np), torch.from_numpy(pos_np)
-    work = np.empty(eng.vocab_size + 1, np.uint64)
+    freq, work = np.empty(eng.vocab_size, np.int64), np.empty(eng.vocab_size + 1, np.uint64)
     tables = exp_tables_np()
     live = [i for i, s in enumerate(streams) if s.n > 0]
     while live:
@@ -341,7 +348,7 @@ def decode_chunks(
         for i in live:
             s = streams[i]
             if s.mix is None:
-                tok = int(rowops.decode_lm_row(pn[i], precision, s.st, s.data, work))
+                tok = int(rowops.decode_lm_row(pn[i], precision, s.st, s.data, freq, work))
             else:
                 tok = s.mix.next(pn[i])
             s.tokens[s.done] = tok

@@ -191,7 +191,8 @@ class Engine:
 
     def _stack(self):
         """Arguments of rowops.step_all (the whole step in one compiled call), or None where a
-        linear's int32 sums could overflow (then steps run layer by layer)."""
+        linear's int32 sums could overflow or its float32 halves (linear_rows_t) would not be
+        exact (then steps run layer by layer)."""
         lins = [self.emb] + [lay[n] for lay in self.layers for n in
                              ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")]
         # rowops.linear_rows_t sums in float32: exact while K * 128 * max|w| < 2^24

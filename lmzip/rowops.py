@@ -38,6 +38,12 @@ def _rs(v, s):
     return (v + (np.int64(1) << (s - 1))) >> s
 
 
+@njit(cache=True, inline="always")
+def _epilogue(acc, a_scale, w_scale, shift, lo, hi):
+    """numerics.md "linear": clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi)."""
+    return min(max(_rs(_rs(acc * a_scale, 16) * w_scale, shift), lo), hi)
+
+
 @njit(cache=True)
 def att_probs(dot, gain, lim, att):
     """dot f32 [N, Tq, Tk] (exact integers), gain int64 [N], lim int64 [N, Tq] (key j allowed
@@ -150,9 +156,7 @@ def rescale_hilo(prod, a_scale, ws, shift, lo, hi):
         s = a_scale[r]
         for c in range(m):
             acc = np.int64(prod[r, c]) * 128 + np.int64(prod[n + r, c])
-            t = _rs(acc * s, 16)
-            v = _rs(t * ws[c], shift)
-            out[r, c] = min(max(v, lo), hi)
+            out[r, c] = _epilogue(acc, s, ws[c], shift, lo, hi)
     return out
 
 
@@ -174,9 +178,7 @@ def linear_rows(a, w, a_scale, ws, shift, lo, hi):
             d = np.int32(0)
             for c in range(k):
                 d += np.int32(row[c]) * np.int32(w[j, c])
-            t = _rs(np.int64(d) * s, 16)
-            v = _rs(t * ws[j], shift)
-            out[r, j] = min(max(v, lo), hi)
+            out[r, j] = _epilogue(np.int64(d), s, ws[j], shift, lo, hi)
     return out
 
 
@@ -218,9 +220,7 @@ def linear_rows_t(a, wt, a_scale, ws, shift, lo, hi):
         s = a_scale[r]
         for j in range(n):
             acc = np.int64(sh[j]) * 128 + np.int64(sl[j])
-            t = _rs(acc * s, 16)
-            v = _rs(t * ws[j], shift)
-            out[r, j] = min(max(v, lo), hi)
+            out[r, j] = _epilogue(acc, s, ws[j], shift, lo, hi)
     return out
 
 
@@ -232,9 +232,7 @@ def rescale(acc, a_scale, ws, shift, lo, hi):
     for r in prange(n):
         s = a_scale[r]
         for c in range(m):
-            t = _rs(np.int64(acc[r, c]) * s, 16)
-            v = _rs(t * ws[c], shift)
-            out[r, c] = min(max(v, lo), hi)
+            out[r, c] = _epilogue(np.int64(acc[r, c]), s, ws[c], shift, lo, hi)
     return out
 
 
@@ -340,12 +338,12 @@ def freq_rows(p, precision):
 
 
 @njit(cache=True)
-def decode_lm_row(p, precision, st, data, work):
+def decode_lm_row(p, precision, st, data, f, work):
     """Decode one token of an --lm-only stream from its Q30 probabilities p [V]: the frequency
-    table of freq_rows, its cumulative table (work, uint64 [V + 1]), and coder.dec_symbol, in
-    one call (the decoding loop paid ~300 us per token in separate torch and numpy calls)."""
+    table of freq_rows (into f, int64 [V]), its cumulative table (work, uint64 [V + 1]), and
+    coder.dec_symbol, in one call (the decoding loop paid ~300 us per token in separate torch
+    and numpy calls). f and work are the caller's scratch, reused token after token."""
     v = p.shape[0]
-    f = np.empty(v, np.int64)
     _freq_row(p, precision, f)
     acc = np.uint64(0)
     work[0] = acc

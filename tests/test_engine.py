@@ -269,7 +269,8 @@ def test_decode_lm_row_decodes_what_the_table_rule_encoded():
         data = coder.encode_symbols(cum.gather(1, toks[:, None])[:, 0].numpy().astype(np.uint64),
                                     f.gather(1, toks[:, None])[:, 0].numpy().astype(np.uint64),
                                     np.uint64(prec))  # fmt: skip
-        st, work = coder.dec_new(data), np.empty(258, np.uint64)
-        out = [int(rowops.decode_lm_row(p[i].numpy(), prec, st, data, work)) for i in range(300)]
+        st, f, work = coder.dec_new(data), np.empty(257, np.int64), np.empty(258, np.uint64)
+        out = [int(rowops.decode_lm_row(p[i].numpy(), prec, st, data, f, work))
+               for i in range(300)]  # fmt: skip
         assert out == toks.tolist()
         assert coder.dec_overrun(st) == 0

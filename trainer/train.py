@@ -146,6 +146,7 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         device = torch.device("cpu")
     if t.threads > 0:
         torch.set_num_threads(t.threads)
+    dtype = resolve_dtype(t.dtype, device_kind)
     run_path = Path(run_dir)
     run_path.mkdir(parents=True, exist_ok=True)
 
@@ -197,7 +198,7 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         _log(
             f"batch: {global_seqs} seqs x {cfg.model.seq_len} = {t.global_batch_tokens:,} "
             f"tokens/step = {dd.world} procs x {accum} accum x {micro} seqs | {device} "
-            f"{resolve_dtype(t.dtype, device_kind)} | {torch.get_num_threads()} threads"
+            f"{dtype} | {torch.get_num_threads()} threads"
         )
 
     fwd = model
@@ -210,7 +211,7 @@ def run(cfg: TrainConfig, data: list[str], out: str | None, run_dir: str) -> dic
         )
     amp = (
         (lambda: torch.autocast(device_kind, dtype=torch.bfloat16))
-        if resolve_dtype(t.dtype, device_kind) == "bf16"
+        if dtype == "bf16"
         else contextlib.nullcontext
     )
     # appended across resumes; closed when the loop ends
