@@ -86,8 +86,8 @@ def prepare_inputs(tmp: Path, sizes_kb: list[int]) -> list[Path]:
 
 
 def resolve_model(arg: str | None, tmp: Path) -> tuple[Path, str]:
-    if arg:
-        return Path(arg), "given"
+    if arg:  # absolute: the lmzip children run in another working directory
+        return Path(arg).resolve(), "given"
     from lmzip.container import default_model_path, save_model
 
     default = default_model_path()
