@@ -13,12 +13,12 @@ thread count (torch and numba):
     mean is the mean over the window; tokens/s = B / mean step time;
 (c) where the time goes, coarsely:
     forward: one extra forward with every lmzip.rowops kernel the engine calls through the module
-      (linear_rows, split_hilo, rescale_hilo, rescale, attend_fwd, normquant, ...) and
-      `_Linear.__call__` wrapped by exclusive timers (checked to give the same logits); stages
-      are grouped into linears (the GEMM inside `_Linear.__call__` and its split/epilogue
-      kernels), attention (attend_fwd) and the rest;
+      (linear_i16, linear_i16_par, attend_fwd, normquant, ...) and `_Linear.__call__`
+      wrapped by exclusive timers (checked to give the same logits); stages are grouped into
+      linears (the fused linear kernels and `_Linear.__call__`'s glue), attention (attend_fwd)
+      and the rest;
     step: `step_all` is one compiled call and cannot be wrapped, so its linears and attention
-      are timed as the same numba kernels called alone at the same shapes (linear_rows at M = B
+      are timed as the same numba kernels called alone at the same shapes (linear_i16 at M = B
       for every linear and the head; attend_step per layer at the position) and the rest is
       the measured step minus those (an estimate: standalone calls add a dispatch each);
 (d) the machine's limit: for every linear shape at the same M (forward rows, or B), the fastest
@@ -28,7 +28,8 @@ thread count (torch and numba):
               scaled to M: without VNNI it is ~30x slower than f32 and flat in M),
       f32     one float32 GEMM of both halves stacked ([2M, K] x [K, N]; exact: every partial
               sum < 2^24 for these shapes), product only, no split or epilogue,
-      numba   rowops.linear_rows (whole fused linear, exact int32 sums), for M <= 64;
+      i16     rowops.linear_i16 (the engine's fused linear: int16 x int8 products summed
+              exactly in int32, vpmaddwd on AVX2, epilogue included), one thread;
     reported as GOP/s (2 M K N useful ops per linear over its time) and as minimum s/token of
     all linears (blocks and logit head); engine / min = engine s/token over that minimum
     (attention is not in the minimum: the ratio charges it to the engine).
@@ -277,9 +278,8 @@ class Stages:
 # stage -> group; `_Linear.__call__` exclusive time is its GEMM (torch) and glue
 GROUPS = {
     "_Linear.__call__ (GEMM + glue)": "linears",
-    "rowops.linear_rows": "linears",
-    "rowops.split_hilo": "linears",
-    "rowops.rescale_hilo": "linears",
+    "rowops.linear_i16": "linears",
+    "rowops.linear_i16_par": "linears",
     "rowops.rescale": "linears",
     "rowops.attend_fwd": "attention",
     "rowops.att_probs": "attention",
@@ -349,13 +349,13 @@ def step_breakdown(eng, b: int, p: int, step_s: float, runs: int) -> dict:
         w, ws = lay[name].w_rows, lay[name].ws_np
         a = g.integers(-16383, 16384, (b, w.shape[1])).astype(np.int64)
         s = g.integers(1 << 20, 1 << 22, b).astype(np.int64)
-        t = per_call(lambda: rowops.linear_rows(a, w, s, ws, 20, -(1 << 40), 1 << 40), runs)
+        t = per_call(lambda: rowops.linear_i16(a, w, s, ws, 20, -(1 << 40), 1 << 40), runs)
         by[name] = t * len(eng.layers)
         lin_s += by[name]
     w, ws = eng.emb.w_rows, eng.emb.ws_np
     a = g.integers(-16383, 16384, (b, w.shape[1])).astype(np.int64)
     s = g.integers(1 << 20, 1 << 22, b).astype(np.int64)
-    by["head"] = per_call(lambda: rowops.linear_rows(a, w, s, ws, 16, -(1 << 40), 1 << 40), runs)
+    by["head"] = per_call(lambda: rowops.linear_i16(a, w, s, ws, 16, -(1 << 40), 1 << 40), runs)
     lin_s += by["head"]
     state = eng.new_state(b)
     kc = state.k[0].numpy()
@@ -410,19 +410,14 @@ def kernel_times(m: int, k: int, n: int, wmax: int, runs: int) -> dict:
         t = per_call(lambda: (torch._int_mm(hi, wt), torch._int_mm(lo, wt)), runs)
         out["int_mm"] = t * m / mi
     if k * 128 * wmax < (1 << 24):  # every float32 partial sum exact
-        both = torch.from_numpy(rowops.split_hilo(a.numpy()))
+        both = torch.cat([a >> 7, a & 127]).float()  # [2M, K]: the hi rows, then the lo rows
         wf = w.t().float().contiguous()
         out["f32"] = per_call(lambda: both @ wf, runs)
-    if m <= 64 and k * 16383 * wmax < (1 << 31):
+    if k * 16383 * wmax < (1 << 31):  # the engine's fused linear (exact int32 sums)
         an, wn = a.numpy(), w.numpy()
         s = np.full(m, 1 << 20, np.int64)
         ws = np.full(n, 1 << 20, np.int64)
-        out["numba"] = per_call(lambda: rowops.linear_rows(an, wn, s, ws, 20, -(1 << 40), 1 << 40), runs)
-        if k * 128 * wmax < (1 << 24):  # the decoding step's kernel (float32 halves, exact)
-            wtn = np.ascontiguousarray(wn.T)
-            out["numba_t"] = per_call(
-                lambda: rowops.linear_rows_t(an, wtn, s, ws, 20, -(1 << 40), 1 << 40), runs
-            )
+        out["i16"] = per_call(lambda: rowops.linear_i16(an, wn, s, ws, 20, -(1 << 40), 1 << 40), runs)
     return out
 
 
@@ -584,8 +579,8 @@ def markdown(report: dict) -> str:
         "",
         "min = every linear (blocks and tied logit head) at the fastest exact kernel measured "
         "for its shape at that M (int_mm only where it passes the exactness self-test; f32 = one "
-        "GEMM of both int8 halves, product only; numba = rowops.linear_rows, M <= 64; "
-        "numba_t = rowops.linear_rows_t, the decoding step's kernel). "
+        "GEMM of both int8 halves, product only; i16 = rowops.linear_i16, the engine's fused "
+        "linear with its epilogue, one thread). "
         "GOP/s counts 2 M K N useful ops per linear; the limit is timed in CPU seconds (1 thread: "
         "the time on an idle core), and engine / min compares the engine's CPU time with it. "
         "tokens/s (CPU) = 1 / CPU s per token: the rate on an idle core, as wall time on this "

@@ -42,7 +42,7 @@ V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
 I64_MAX = (1 << 63) - 1
 STEP_ALL_MAX_B = 64  # batches up to which a step runs as one compiled call
-SMALL_M = 16  # rows up to which the fused linear beats a GEMM (benchmarks/bench_engine.py)
+SMALL_M = 16  # rows up to which the fused linear runs on one thread
 SCALE_MAX = 1 << 27  # weight scales must be <= 8 (Q24): |t * WS| < 2^35 * 2^27 < 2^63
 
 
@@ -79,26 +79,17 @@ class _Linear:
         self.mm = MatMul(torch.from_numpy(vals.astype(np.int8)).t().to(device), qmax, prefer)
         self.rows = torch.from_numpy(vals.astype(np.int8)).to(device)  # for embedding lookups
         self.ws_np = self.ws.cpu().numpy()
-        # fused CPU paths: few rows (decoding steps) in one numba pass with exact int32 sums;
-        # many rows with the float32 kernel, both halves in one GEMM, no int8 round trip
+        # the fused CPU path (rowops.linear_i16): exact int32 sums while K * AQ * qmax < 2^31
         k = vals.shape[1]
         cpu = self.ws.device.type == "cpu"
         self.w_rows = self.rows.numpy() if cpu and k * AQ * qmax < (1 << 31) else None
-        self.wf = None
-        if self.mm.kernel == "f32" and k * 128 * qmax < (1 << 24) and cpu:
-            self.wf = self.mm.w.float()
 
     def __call__(self, a, a_scale, frac: int, lim: int = I64_MAX, fused: bool = False):
         """a [N, K] in [-16383, 16383], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
         (numerics.md "linear"): two exact int8 products, a = 128 * hi + lo, lo in [0, 127]."""
-        if fused and self.w_rows is not None and a.size(0) <= SMALL_M:
-            out = rowops.linear_rows(a.numpy(), self.w_rows, a_scale.numpy(), self.ws_np,
-                                     32 - frac, -lim, lim)  # fmt: skip
-            return torch.from_numpy(out)
-        if fused and self.wf is not None:
-            prod = torch.from_numpy(rowops.split_hilo(a.numpy())) @ self.wf
-            out = rowops.rescale_hilo(prod.numpy(), a_scale.numpy(), self.ws_np, 32 - frac,
-                                      -lim, lim)  # fmt: skip
+        if fused and self.w_rows is not None:
+            kernel = rowops.linear_i16 if a.size(0) <= SMALL_M else rowops.linear_i16_par
+            out = kernel(a.numpy(), self.w_rows, a_scale.numpy(), self.ws_np, 32 - frac, -lim, lim)
             return torch.from_numpy(out)
         hi = (a >> 7).to(torch.int8)
         lo = (a & 127).to(torch.int8)
@@ -114,12 +105,13 @@ class _Linear:
 
 @dataclass
 class DecodeState:
-    """KV caches of B streams per layer: k [B, K, W, E] (int8 values) and v [B, K, W, E] (Q10),
-    as int32/float64 for the fused kernel or float32/float64 for the GEMMs (exact either way)."""
+    """KV caches of B streams per layer: k (int8 values) as float32 and v (Q10) as float64 (exact
+    values), [B, K, E, W] for the fused kernels (their sums run along positions) or [B, K, W, E]
+    for the GEMMs."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
-    k_all: torch.Tensor | None = None  # [L, B, K, W, E]: the per-layer caches are its views
+    k_all: torch.Tensor | None = None  # [L, B, ...]: the per-layer caches are its views
     v_all: torch.Tensor | None = None
 
 
@@ -191,20 +183,18 @@ class Engine:
 
     def _stack(self):
         """Arguments of rowops.step_all (the whole step in one compiled call), or None where a
-        linear's int32 sums could overflow or its float32 halves (linear_rows_t) would not be
-        exact (then steps run layer by layer)."""
+        linear's int32 sums could overflow (then steps run layer by layer)."""
         lins = [self.emb] + [lay[n] for lay in self.layers for n in
                              ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")]
-        # rowops.linear_rows_t sums in float32: exact while K * 128 * max|w| < 2^24
-        if any(lin.w_rows is None or lin.shape[1] * 128 * lin.qmax >= 1 << 24 for lin in lins):
+        if any(lin.w_rows is None for lin in lins):
             return None
 
         def stack(name):
-            w = np.stack([np.ascontiguousarray(lay[name].w_rows.T) for lay in self.layers])
+            w = np.stack([lay[name].w_rows for lay in self.layers])
             ws = np.stack([lay[name].ws_np for lay in self.layers])
             return w, ws
 
-        args = [self.emb.w_rows, np.ascontiguousarray(self.emb.w_rows.T), self.emb.ws_np]
+        args = [self.emb.w_rows, self.emb.ws_np]
         for name in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"):
             args += stack(name)
         gains = np.stack([lay["gain"].numpy() for lay in self.layers])
@@ -352,11 +342,13 @@ class Engine:
     def new_state(self, batch: int) -> DecodeState:
         shp = (batch, self.kv, self.window, self.e)
         dev = self.device
-        # the fused kernel reads integers; the torch path reads the GEMM types (exact values)
-        kt, vt = (torch.int32, torch.float64) if self.fused else (torch.float32, torch.float64)
+        # the fused kernel reads integers and values transposed ([B, K, E, W]: its P.V sums run
+        # along the positions); the torch path reads the GEMM types (exact values either way)
+        if self.fused:
+            shp = (batch, self.kv, self.e, self.window)
         n = len(self.layers)
-        k_all = torch.zeros((n,) + shp, dtype=kt, device=dev)
-        v_all = torch.zeros((n,) + shp, dtype=vt, device=dev)
+        k_all = torch.zeros((n,) + shp, dtype=torch.float32, device=dev)
+        v_all = torch.zeros((n,) + shp, dtype=torch.float64, device=dev)
         return DecodeState(k=list(k_all), v=list(v_all), k_all=k_all, v_all=v_all)
 
     @torch.no_grad()
@@ -374,12 +366,14 @@ class Engine:
         tk = int(pos.max()) + 1
 
         def attn(i, q, k, v, gain):
-            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)
-            state.v[i][rows, :, pos] = v.to(state.v[i].dtype)
             if self.fused:
+                state.k[i][rows, :, :, pos] = k.to(state.k[i].dtype)
+                state.v[i][rows, :, :, pos] = v.to(state.v[i].dtype)
                 y = rowops.attend_step(q.numpy(), state.k[i].numpy(), state.v[i].numpy(),
                                        pos.numpy(), gain.numpy(), self.att_np)  # fmt: skip
                 return torch.from_numpy(y)
+            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)
+            state.v[i][rows, :, pos] = v.to(state.v[i].dtype)
             kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk]
             return self._attend(q[:, :, None], kc, vc, pos[:, None], gain).reshape(b, -1)
 

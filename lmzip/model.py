@@ -60,6 +60,8 @@ class ModelConfig:
             (self.n_layer >= 1, "n_layer must be >= 1"),
             (self.n_head >= 1 and self.d_model % self.n_head == 0, "n_head must divide d_model"),
             (self.head_dim % 2 == 0, "head_dim must be even (RoPE)"),
+            # attention dot products of int8 q and k are summed exactly in float32: < 2^24
+            (self.head_dim <= 1024, "head_dim must be <= 1024"),
             (
                 self.n_kv_head >= 1 and self.n_head % self.n_kv_head == 0,
                 "n_kv_head must divide n_head",

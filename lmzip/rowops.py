@@ -131,96 +131,92 @@ def absquant(y, shift, aq):
     return a, scale
 
 
-@njit(cache=True)
-def split_hilo(a):
-    """15-bit activations int64 [N, K] -> float32 [2N, K]: rows hi = a >> 7 then lo = a & 127,
-    the two exact int8 halves of numerics.md "linear", as GEMM operands."""
-    n, k = a.shape
-    out = np.empty((2 * n, k), np.float32)
-    for r in range(n):
-        for c in range(k):
-            v = a[r, c]
-            out[r, c] = np.float32(v >> 7)
-            out[n + r, c] = np.float32(v & 127)
-    return out
+@njit(cache=True, inline="always")
+def _dot1(x, w, j, k):
+    """int32 dot product of the int16 row x with row j of w (exact: the caller's bound)."""
+    d = np.int32(0)
+    for c in range(k):
+        d = np.int32(d + np.int32(x[c]) * np.int32(w[j, c]))
+    return d
 
 
-@njit(cache=True)
-def rescale_hilo(prod, a_scale, ws, shift, lo, hi):
-    """`rescale` of acc = 128 * prod[:N] + prod[N:], prod float32 [2N, M] holding the exact
-    integer products of the hi and lo halves (each |sum| < 2^24, so exact in float32)."""
-    n2, m = prod.shape
-    n = n2 // 2
-    out = np.empty((n, m), np.int64)
-    for r in range(n):
-        s = a_scale[r]
-        for c in range(m):
-            acc = np.int64(prod[r, c]) * 128 + np.int64(prod[n + r, c])
-            out[r, c] = _epilogue(acc, s, ws[c], shift, lo, hi)
-    return out
+@njit(cache=True, inline="always")
+def _dot2x2(x0, x1, w, j, k):
+    """The four int32 dot products of rows x0, x1 with rows j, j + 1 of w."""
+    a00, a01, a10, a11 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+    for c in range(k):
+        u0, u1 = np.int32(x0[c]), np.int32(x1[c])
+        v0, v1 = np.int32(w[j, c]), np.int32(w[j + 1, c])
+        a00 = np.int32(a00 + u0 * v0)
+        a01 = np.int32(a01 + u0 * v1)
+        a10 = np.int32(a10 + u1 * v0)
+        a11 = np.int32(a11 + u1 * v1)
+    return a00, a01, a10, a11
 
 
-@njit(cache=True)
-def linear_rows(a, w, a_scale, ws, shift, lo, hi):
-    """Small-batch linear, product and epilogue in one pass: a int64 [M, K] in [-16383, 16383],
-    w int8 [N, K] -> clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) with acc = a . w_n.
-    The caller guarantees K * 16383 * max|w| < 2^31, so the int32 sums are exact; on 2-core
-    AVX2 machines this beats a float32 GEMM of the two int8 halves up to M ~ 16 rows."""
-    m, k = a.shape
+@njit(cache=True, inline="always")
+def _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, x0, x1):
+    """Rows r0..r1-1 of linear_i16 (x0, x1: int16 [K] scratch)."""
+    k = a.shape[1]
     n = w.shape[0]
-    out = np.empty((m, n), np.int64)
-    row = np.empty(k, np.int16)
-    for r in range(m):
+    r = r0
+    while r + 1 < r1:  # two rows at a time: each weight row loaded once for both
         for c in range(k):
-            row[c] = a[r, c]
-        s = a_scale[r]
+            x0[c] = a[r, c]
+            x1[c] = a[r + 1, c]
+        s0, s1 = a_scale[r], a_scale[r + 1]
+        j = 0
+        while j + 1 < n:
+            a00, a01, a10, a11 = _dot2x2(x0, x1, w, j, k)
+            out[r, j] = _epilogue(np.int64(a00), s0, ws[j], shift, lo, hi)
+            out[r, j + 1] = _epilogue(np.int64(a01), s0, ws[j + 1], shift, lo, hi)
+            out[r + 1, j] = _epilogue(np.int64(a10), s1, ws[j], shift, lo, hi)
+            out[r + 1, j + 1] = _epilogue(np.int64(a11), s1, ws[j + 1], shift, lo, hi)
+            j += 2
+        if j < n:
+            out[r, j] = _epilogue(np.int64(_dot1(x0, w, j, k)), s0, ws[j], shift, lo, hi)
+            out[r + 1, j] = _epilogue(np.int64(_dot1(x1, w, j, k)), s1, ws[j], shift, lo, hi)
+        r += 2
+    if r < r1:  # the odd row (and every decoding step of one stream)
+        for c in range(k):
+            x0[c] = a[r, c]
+        s0 = a_scale[r]
         for j in range(n):
-            d = np.int32(0)
-            for c in range(k):
-                d += np.int32(row[c]) * np.int32(w[j, c])
-            out[r, j] = _epilogue(np.int64(d), s, ws[j], shift, lo, hi)
+            out[r, j] = _epilogue(np.int64(_dot1(x0, w, j, k)), s0, ws[j], shift, lo, hi)
+
+
+@njit(cache=True)
+def linear_i16(a, w, a_scale, ws, shift, lo, hi):
+    """The fused exact linear, product and epilogue in one pass: a int64 [M, K] in
+    [-16383, 16383], w int8 [N, K] -> clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) with
+    acc = a . w_n (numerics.md "linear": the same integer as 128 * (hi . w) + (lo . w)).
+    The caller guarantees K * 16383 * max|w| < 2^31, so the int32 sums are exact in any order.
+    Activations are copied to int16 rows and the products written as int32 multiply-adds of
+    int16 values, which LLVM compiles to vpmaddwd on AVX2 (16 products per instruction): on
+    the AVX2 EPYC 1.5-2x the float32 GEMM of the two int8 halves it replaces, at every M."""
+    m, k = a.shape
+    out = np.empty((m, w.shape[0]), np.int64)
+    x0 = np.empty(k, np.int16)
+    x1 = np.empty(k, np.int16)
+    _linear_block(a, w, a_scale, ws, shift, lo, hi, out, 0, m, x0, x1)
     return out
 
 
-@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def linear_rows_t(a, wt, a_scale, ws, shift, lo, hi):
-    """linear_rows with transposed weights wt int8 [K, N], the products in float32: for each
-    row, acc = 128 * (hi . w) + (lo . w), a = 128 * hi + lo, lo in [0, 127], accumulated over
-    all N outputs at once (vector lanes along N, four inputs per pass). The caller guarantees
-    K * 128 * max|w| < 2^24: every partial sum, in whatever order the compiler adds them, is
-    then an integer below 2^24 in magnitude, exact in float32, so reassociation cannot change
-    a result (the same bound as the forward pass's GEMM, numerics.md "linear")."""
+LINEAR_BLOCK = 32  # rows per parallel task of linear_i16_par
+
+
+@njit(cache=True, parallel=True)
+def linear_i16_par(a, w, a_scale, ws, shift, lo, hi):
+    """linear_i16 with blocks of LINEAR_BLOCK rows on numba's threads (set_threads); every
+    output is computed by the same code whatever the split, so the result is identical."""
     m, k = a.shape
-    n = wt.shape[1]
-    out = np.empty((m, n), np.int64)
-    sh = np.empty(n, np.float32)
-    sl = np.empty(n, np.float32)
-    for r in range(m):
-        sh[:] = 0
-        sl[:] = 0
-        c = 0
-        while c + 4 <= k:
-            h0, l0 = np.float32(a[r, c] >> 7), np.float32(a[r, c] & 127)
-            h1, l1 = np.float32(a[r, c + 1] >> 7), np.float32(a[r, c + 1] & 127)
-            h2, l2 = np.float32(a[r, c + 2] >> 7), np.float32(a[r, c + 2] & 127)
-            h3, l3 = np.float32(a[r, c + 3] >> 7), np.float32(a[r, c + 3] & 127)
-            for j in range(n):
-                w0, w1 = np.float32(wt[c, j]), np.float32(wt[c + 1, j])
-                w2, w3 = np.float32(wt[c + 2, j]), np.float32(wt[c + 3, j])
-                sh[j] += h0 * w0 + h1 * w1 + h2 * w2 + h3 * w3
-                sl[j] += l0 * w0 + l1 * w1 + l2 * w2 + l3 * w3
-            c += 4
-        while c < k:
-            h0, l0 = np.float32(a[r, c] >> 7), np.float32(a[r, c] & 127)
-            for j in range(n):
-                w0 = np.float32(wt[c, j])
-                sh[j] += h0 * w0
-                sl[j] += l0 * w0
-            c += 1
-        s = a_scale[r]
-        for j in range(n):
-            acc = np.int64(sh[j]) * 128 + np.int64(sl[j])
-            out[r, j] = _epilogue(acc, s, ws[j], shift, lo, hi)
+    out = np.empty((m, w.shape[0]), np.int64)
+    nb = (m + LINEAR_BLOCK - 1) // LINEAR_BLOCK
+    for b in prange(nb):
+        x0 = np.empty(k, np.int16)
+        x1 = np.empty(k, np.int16)
+        r0 = b * LINEAR_BLOCK
+        _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK), x0, x1)
     return out
 
 
@@ -353,20 +349,65 @@ def decode_lm_row(p, precision, st, data, f, work):
     return dec_symbol(st, data, work, np.uint64(precision))
 
 
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _dots(qf, keys_t, n, dots):
+    """dots[j] = sum_c qf[c] * keys_t[c, j] for j < n (float32 [E], [E, W]; int8 values): every
+    partial sum is an integer below 127 * 127 * 1024 < 2^24 in magnitude, exact in float32, so
+    the compiler may reorder and vectorize along j (no horizontal sums)."""
+    e = qf.shape[0]
+    for j in range(n):
+        dots[j] = 0.0
+    c = 0
+    while c + 4 <= e:
+        q0, q1, q2, q3 = qf[c], qf[c + 1], qf[c + 2], qf[c + 3]
+        for j in range(n):
+            dots[j] += (q0 * keys_t[c, j] + q1 * keys_t[c + 1, j]
+                        + q2 * keys_t[c + 2, j] + q3 * keys_t[c + 3, j])  # fmt: skip
+        c += 4
+    while c < e:
+        q0 = qf[c]
+        for j in range(n):
+            dots[j] += q0 * keys_t[c, j]
+        c += 1
+
+
+@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+def _pv(pj, vals_t, n, acc):
+    """acc[c] = sum_{j < n} pj[j] * vals_t[c, j] (float64 [E], [E, W]): exact integers, any order
+    of the sums gives the same result (every partial sum < 2^38), so the reduction may be
+    vectorized along j (four outputs per pass: each pj[j] loaded once for four products)."""
+    e = acc.shape[0]
+    c = 0
+    while c + 4 <= e:
+        t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+        for j in range(n):
+            p = pj[j]
+            t0 += p * vals_t[c, j]
+            t1 += p * vals_t[c + 1, j]
+            t2 += p * vals_t[c + 2, j]
+            t3 += p * vals_t[c + 3, j]
+        acc[c], acc[c + 1], acc[c + 2], acc[c + 3] = t0, t1, t2, t3
+        c += 4
+    while c < e:
+        t0 = 0.0
+        for j in range(n):
+            t0 += pj[j] * vals_t[c, j]
+        acc[c] = t0
+        c += 1
+
+
 @njit(cache=True, inline="always")
-def _attend_row(qrow, keys, vals, n, gh, att, lg, acc):
-    """One query row against keys[0:n] (int32 [W, E]) and values vals[0:n] (float64 [W, E],
-    exact Q10 integers): fills acc (float64 [E]) with sum_j P_j * v_j, P in Q16. The dot products
-    fit int32 (|dot| < 2^22); each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the
-    float64 sums are exact integers in any order (numerics.md "Attention")."""
-    e = qrow.shape[0]
+def _attend_row(qf, keys_t, vals_t, n, gh, att, dots, lg, pj, acc):
+    """One query row (float32 [E], int8 values) against keys_t[:, 0:n] (float32 [E, W], int8
+    values) and values vals_t[:, 0:n] (float64 [E, W], exact Q10 integers): fills acc (float64
+    [E]) with sum_j P_j * v_j, P in Q16 (dots, lg, pj: [W] scratch). The dot products are exact
+    (_dots); each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the float64 sums are
+    exact integers in any order (numerics.md "Attention")."""
     last = att.shape[0] - 1
+    _dots(qf, keys_t, n, dots)
     m = np.int64(-(1 << 62))
     for j in range(n):
-        d = np.int32(0)
-        for c in range(e):
-            d += qrow[c] * keys[j, c]
-        v = _rs(np.int64(d) * gh, 16)
+        v = _rs(np.int64(dots[j]) * gh, 16)
         lg[j] = v
         m = max(m, v)
     s = np.int64(0)
@@ -375,14 +416,9 @@ def _attend_row(qrow, keys, vals, n, gh, att, lg, acc):
         lg[j] = w
         s += w
     inv = 1.0 / np.float64(s)
-    acc[:] = 0.0
     for j in range(n):
-        p = _floordiv_est(lg[j] << 16, s, inv)
-        if p == 0:
-            continue
-        pf = np.float64(p)
-        for c in range(e):
-            acc[c] += pf * vals[j, c]
+        pj[j] = np.float64(_floordiv_est(lg[j] << 16, s, inv))
+    _pv(pj, vals_t, n, acc)
 
 
 @njit(cache=True, parallel=True)
@@ -397,21 +433,23 @@ def attend_fwd(q, k, v, t_n, gain, att):
     out = np.empty((rows, h_n * e), np.int64)
     for pair in prange((rows // t_n) * kv_n):
         w, kh = pair // kv_n, pair % kv_n
-        keys = np.empty((t_n, e), np.int32)
-        vals = np.empty((t_n, e), np.float64)
+        keys_t = np.empty((e, t_n), np.float32)
+        vals_t = np.empty((e, t_n), np.float64)
+        dots = np.empty(t_n, np.float32)
         lg = np.empty(t_n, np.int64)
+        pj = np.empty(t_n, np.float64)
         acc = np.empty(e, np.float64)
-        qrow = np.empty(e, np.int32)
+        qf = np.empty(e, np.float32)
         base = w * t_n
         for j in range(t_n):
             for c in range(e):
-                keys[j, c] = k[base + j, kh, c]
-                vals[j, c] = np.float64(v[base + j, kh * e + c])
+                keys_t[c, j] = np.float32(k[base + j, kh, c])
+                vals_t[c, j] = np.float64(v[base + j, kh * e + c])
         for h in range(kh * g, kh * g + g):
             for t in range(t_n):
                 for c in range(e):
-                    qrow[c] = q[base + t, h, c]
-                _attend_row(qrow, keys, vals, t + 1, gain[h], att, lg, acc)
+                    qf[c] = np.float32(q[base + t, h, c])
+                _attend_row(qf, keys_t, vals_t, t + 1, gain[h], att, dots, lg, pj, acc)
                 for c in range(e):
                     out[base + t, h * e + c] = _rs(np.int64(acc[c]), 16)
     return out
@@ -427,36 +465,40 @@ def set_threads(n: int) -> None:
 
 @njit(cache=True)
 def attend_step(q, kc, vc, pos, gain, att):
-    """One query per stream: q int8 [B, H, E], caches kc int32 (int8 values) and vc float64
-    (exact Q10 integers) [B, K, W, E], keys 0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold
-    the types the loops compute in, so no step copies them.
-    Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P, sum, rs)."""
+    """One query per stream: q int8 [B, H, E], caches kc float32 (int8 values) and vc float64
+    (exact Q10 integers) [B, K, E, W] (transposed: the sums run along positions), keys
+    0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops compute in, so no
+    step copies them. Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P,
+    sum, rs)."""
     b_n, h_n, e = q.shape
     kv_n = kc.shape[1]
     g = h_n // kv_n
+    w_n = kc.shape[3]
     out = np.empty((b_n, h_n * e), np.int64)
-    lg = np.empty(kc.shape[2], np.int64)
+    dots = np.empty(w_n, np.float32)
+    lg = np.empty(w_n, np.int64)
+    pj = np.empty(w_n, np.float64)
     acc = np.empty(e, np.float64)
-    qrow = np.empty(e, np.int32)
+    qf = np.empty(e, np.float32)
     for b in range(b_n):
         n = pos[b] + 1
         for h in range(h_n):
             kh = h // g
             for c in range(e):
-                qrow[c] = q[b, h, c]
-            _attend_row(qrow, kc[b, kh], vc[b, kh], n, gain[h], att, lg, acc)
+                qf[c] = np.float32(q[b, h, c])
+            _attend_row(qf, kc[b, kh], vc[b, kh], n, gain[h], att, dots, lg, pj, acc)
             for c in range(e):
                 out[b, h * e + c] = _rs(np.int64(acc[c]), 16)
     return out
 
 
 @njit(cache=True)
-def step_all(tokens, pos, emb_w, emb_wt, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
+def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
              wsdn, gains, skip, cos, sin, att, kc, vc, sqd, sqe, e, cap, tn, ta, tb, lims):
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
-    dispatch. Weights are stacked per layer, transposed for linear_rows_t ([L, in, out] int8;
-    emb_w [V, D] for the lookup, emb_wt [D, V] for the logits; scales [L, out] Q24), caches
-    kc int32 / vc float64 [L, B, K, W, E] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
+    dispatch. Weights are stacked per layer for linear_i16 ([L, out, in] int8; emb_w [V, D]
+    serves the lookup and the logits; scales [L, out] Q24), caches
+    kc float32 / vc float64 [L, B, K, E, W] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
     Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
     res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
     big = np.int64(9223372036854775807)
@@ -480,29 +522,29 @@ def step_all(tokens, pos, emb_w, emb_wt, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, 
                     v = x[b, c] + _rs(skips[ns, b, c] * skip[i - n_enc, c], 24)
                     x[b, c] = min(max(v, -res_max), res_max)
         a, s = normquant(x, sqd, aq)
-        q = qk_rows(linear_rows_t(a, wq[i], s, wsq[i], 20, -big, big), pos, cos, sin, sqe, e)
-        k = qk_rows(linear_rows_t(a, wk[i], s, wsk[i], 20, -big, big), pos, cos, sin, sqe, e)
-        vv = linear_rows_t(a, wv[i], s, wsv[i], 22, -v_max, v_max)
+        q = qk_rows(linear_i16(a, wq[i], s, wsq[i], 20, -big, big), pos, cos, sin, sqe, e)
+        k = qk_rows(linear_i16(a, wk[i], s, wsk[i], 20, -big, big), pos, cos, sin, sqe, e)
+        vv = linear_i16(a, wv[i], s, wsv[i], 22, -v_max, v_max)
         for b in range(b_n):
             p = pos[b]
             for h in range(kv_n):
                 for c in range(e):
-                    kc[i, b, h, p, c] = k[b, h, c]
-                    vc[i, b, h, p, c] = np.float64(vv[b, h * e + c])
+                    kc[i, b, h, c, p] = np.float32(k[b, h, c])
+                    vc[i, b, h, c, p] = np.float64(vv[b, h * e + c])
         y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
         a, s = absquant(y, 14, aq)
-        o = linear_rows_t(a, wo[i], s, wso[i], 20, -big, big)
+        o = linear_i16(a, wo[i], s, wso[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
                 x[b, c] = min(max(x[b, c] + o[b, c], -res_max), res_max)
         a, s = normquant(x, sqd, aq)
-        hid = linear_rows_t(a, wup[i], s, wsup[i], 20, -h_max, h_max)
+        hid = linear_i16(a, wup[i], s, wsup[i], 20, -h_max, h_max)
         for b in range(b_n):
             for c in range(hid.shape[1]):
                 hv = max(hid[b, c], 0)
                 hid[b, c] = hv * hv
         a, s = absquant(hid, 0, aq)
-        dn = linear_rows_t(a, wdn[i], s, wsdn[i], 20, -big, big)
+        dn = linear_i16(a, wdn[i], s, wsdn[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
                 x[b, c] = min(max(x[b, c] + dn[b, c], -res_max), res_max)
@@ -510,7 +552,7 @@ def step_all(tokens, pos, emb_w, emb_wt, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, 
             skips[ns] = x
             ns += 1
     a, s = normquant(x, sqd, aq)
-    lg = linear_rows_t(a, emb_wt, s, emb_ws, 16, -logit_max, logit_max)
+    lg = linear_i16(a, emb_w, s, emb_ws, 16, -logit_max, logit_max)
     if cap == 0:
         return lg
     return softcap_rows(lg, cap, tn, ta, tb)

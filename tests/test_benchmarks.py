@@ -188,4 +188,4 @@ def test_engine_linear_shapes_and_limit(bench_engine):
     shapes = bench_engine.linear_shapes(cfg)
     assert ("head", 1, 256, 1024) in shapes and ("mlp.up", 6, 256, 768) in shapes
     t = bench_engine.kernel_times(4, 64, 32, 31, runs=1)
-    assert "f32" in t and "numba" in t and all(v > 0 for v in t.values())
+    assert "f32" in t and "i16" in t and all(v > 0 for v in t.values())

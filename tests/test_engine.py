@@ -200,7 +200,7 @@ def test_fused_kernels_equal_torch_reference(mf):
     assert fused._stacked is not None  # steps run as one compiled call (rowops.step_all)
     w = _windows(3, fused.window, fused.vocab_size, seed=17)
     assert torch.equal(fused.forward(w), ref.forward(w))  # many rows: float32 GEMM halves
-    assert torch.equal(fused.forward(w[:1, :12]), ref.forward(w[:1, :12]))  # few: linear_rows
+    assert torch.equal(fused.forward(w[:1, :12]), ref.forward(w[:1, :12]))  # few rows: linear_i16 on one thread
     sf, sr, sl = fused.new_state(3), ref.new_state(3), layered.new_state(3)
     for i in range(w.size(1)):
         pos = torch.tensor([i, i % 5, max(0, i - 9)])
@@ -223,33 +223,43 @@ def test_fused_table_functions_equal_reference():
         assert torch.equal(numerics.freq_table(p, prec), numerics.freq_table_reference(p, prec))
 
 
-@pytest.mark.parametrize("k,qmax", [(1, 127), (7, 31), (192, 31), (1024, 127), (1027, 31)])
-def test_linear_rows_t_float_sums_exact_at_the_extremes(k, qmax):
-    """rowops.linear_rows_t (float32 halves, reassociated sums; the decoding step's linears)
-    gives exactly linear_rows' int32 results, also where every product has the largest
-    magnitude and one sign, i.e. where the partial sums come closest to 2^24."""
-    from lmzip import rowops
+@pytest.mark.parametrize("k,qmax", [(1, 127), (7, 31), (192, 31), (1031, 127), (4226, 31)])
+def test_linear_i16_exact_at_the_extremes(k, qmax):
+    """rowops.linear_i16 and linear_i16_par (int32 multiply-adds of int16 values; every linear
+    of the fused engine) give numerics.md "linear" exactly, computed here in int64 numpy, also
+    where every product has the largest magnitude and one sign, i.e. where the int32 sums come
+    closest to 2^31 (k = 1031 x 127 and 4226 x 31 are the largest k the engine accepts), for
+    every row count (pairs of rows, the odd row, several parallel blocks)."""
+    from lmzip import engine, rowops
 
-    assert k * 128 * qmax < 1 << 24
+    assert k * engine.AQ * qmax < 1 << 31
     rng = np.random.default_rng(k)
     n = 37
     rows = [
         np.full(k, 16383),
         np.full(k, -16383),
-        np.full(k, -16384 + 1),
         np.where(np.arange(k) % 2, 16383, -16383),
         np.full(k, 127),  # lo halves at their largest, hi = 0
         rng.integers(-16383, 16384, k),
     ]
-    a = np.stack(rows).astype(np.int64)
+    a = np.stack(rows * 15).astype(np.int64)  # 75 rows: three parallel blocks and an odd row
     w = rng.integers(-qmax, qmax + 1, (n, k)).astype(np.int8)
     w[0], w[1], w[2] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
     a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
     ws = rng.integers(0, 1 << 24, n).astype(np.int64)
+    acc = a @ w.astype(np.int64).T
+    assert np.abs(acc).max() == k * engine.AQ * qmax  # the largest sum this k allows
+
+    def rs(v, s):
+        return (v + (1 << (s - 1))) >> s
+
     for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
-        want = rowops.linear_rows(a, w, a_scale, ws, shift, -lim, lim)
-        got = rowops.linear_rows_t(a, np.ascontiguousarray(w.T), a_scale, ws, shift, -lim, lim)
-        assert np.array_equal(got, want)
+        want = np.clip(rs(rs(acc * a_scale[:, None], 16) * ws[None, :], shift), -lim, lim)
+        for m in (1, 2, 5, len(a)):
+            got = rowops.linear_i16(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
+            assert np.array_equal(got, want[:m])
+            got = rowops.linear_i16_par(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
+            assert np.array_equal(got, want[:m])
 
 
 def test_decode_lm_row_decodes_what_the_table_rule_encoded():
