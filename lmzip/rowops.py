@@ -34,6 +34,27 @@ def _rdiv(n, d):
 
 
 @njit(cache=True, inline="always")
+def _fdiv(n, d, inv):
+    """floor(n / d) for d > 0, inv = 1.0 / d, |n| + 2d < 2^63: the float estimate corrected with
+    exact integer products until q * d <= n < (q + 1) * d. The estimate is within 1 of the
+    quotient wherever |n / d| < 2^50 (float64 relative error < 2^-51), so the loops run at most
+    once there; they make the result exact everywhere. A multiply instead of a division where
+    one divisor serves a whole row."""
+    q = np.int64(np.floor(np.float64(n) * inv))
+    while q * d > n:
+        q -= 1
+    while (q + 1) * d <= n:
+        q += 1
+    return q
+
+
+@njit(cache=True, inline="always")
+def _rdiv_inv(n, d2, inv2):
+    """_rdiv(n, d) for d > 0 with d2 = 2 d and inv2 = 1.0 / d2."""
+    return _fdiv(2 * n + (d2 >> 1), d2, inv2)
+
+
+@njit(cache=True, inline="always")
 def _rs(v, s):
     return (v + (np.int64(1) << (s - 1))) >> s
 
@@ -106,8 +127,13 @@ def normquant(x, sqd, aq):
             v = x[r, c] >> k
             ss += v * v
         root = _isqrt(ss) << k
-        for c in range(d):
-            a[r, c] = _rdiv(aq * x[r, c], amax)
+        if amax > 0:
+            d2 = 2 * amax
+            inv2 = 1.0 / np.float64(d2)
+            for c in range(d):
+                a[r, c] = _rdiv_inv(aq * x[r, c], d2, inv2)
+        else:
+            a[r, :] = 0
         scale[r] = _rdiv(amax * (sqd << 8), aq * root)
     return a, scale
 
@@ -125,8 +151,13 @@ def absquant(y, shift, aq):
             av = -v if v < 0 else v
             if av > amax:
                 amax = av
-        for c in range(m):
-            a[r, c] = _rdiv(aq * y[r, c], amax)
+        if amax > 0:
+            d2 = 2 * amax
+            inv2 = 1.0 / np.float64(d2)
+            for c in range(m):
+                a[r, c] = _rdiv_inv(aq * y[r, c], d2, inv2)
+        else:
+            a[r, :] = 0
         scale[r] = _rdiv(amax << shift, np.int64(aq))
     return a, scale
 
@@ -249,11 +280,15 @@ def qk_rows(y, pos, cos, sin, sqe, e):
                 v = min(max(y[r, base + c], -lim), lim)
                 ss += v * v
             root = _isqrt(ss)
+            d2 = 32 * root
+            inv2 = 1.0 / np.float64(max(d2, 1))
             for c in range(half):
                 v1 = min(max(y[r, base + c], -lim), lim)
                 v2 = min(max(y[r, base + c + half], -lim), lim)
-                n1 = _rdiv(v1 * sqe, 16 * root)
-                n2 = _rdiv(v2 * sqe, 16 * root)
+                n1, n2 = np.int64(0), np.int64(0)
+                if root > 0:
+                    n1 = _rdiv_inv(v1 * sqe, d2, inv2)
+                    n2 = _rdiv_inv(v2 * sqe, d2, inv2)
                 cc, sn = cos[p, c], sin[p, c]
                 r1 = _rs(_rs(n1 * cc + n2 * sn, 30), 8)
                 r2 = _rs(_rs(n2 * cc - n1 * sn, 30), 8)
@@ -277,12 +312,15 @@ def softcap_rows(logits, cap, tn, ta, tb):
     """Q16 logits [N, V] -> cap * tanh(l / cap) in Q16 (numerics.md section 6)."""
     n, v = logits.shape
     out = np.empty((n, v), np.int64)
+    if cap <= 0:  # no cap (the callers skip this kernel then)
+        return logits.copy()
     one = np.int64(1) << 30
+    inv_cap = 1.0 / np.float64(cap)
     for r in prange(n):
         for c in range(v):
             lv = logits[r, c]
             y = -lv if lv < 0 else lv
-            e = _exp30((2 * y) // cap, tn, ta, tb)
+            e = _exp30(_fdiv(2 * y, cap, inv_cap), tn, ta, tb)
             t = ((one - e) << 30) // (one + e)
             mag = _rs(cap * t, 14)
             out[r, c] = -mag if lv < 0 else mag
@@ -316,8 +354,9 @@ def _freq_row(p, precision, out):
         if p[c] > p[top]:
             top = c
     acc = np.int64(0)
+    inv = 1.0 / np.float64(s)
     for c in range(v):
-        f = 1 + (p[c] * (total - v)) // s
+        f = 1 + _fdiv(p[c] * (total - v), s, inv)
         out[c] = f
         acc += f
     out[top] += total - acc

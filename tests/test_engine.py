@@ -284,3 +284,26 @@ def test_decode_lm_row_decodes_what_the_table_rule_encoded():
                for i in range(300)]  # fmt: skip
         assert out == toks.tolist()
         assert coder.dec_overrun(st) == 0
+
+
+def test_float_estimated_divisions_are_exact_floor_divisions():
+    """rowops._fdiv / _rdiv_inv (a float estimate of the quotient corrected with integer
+    products; the quantizers, QK-norm, softcap and frequency tables use them where one divisor
+    serves a row) equal Python's floor division and _rdiv, also for negative numerators, exact
+    multiples, and quotients beyond the float estimate's precision."""
+    from lmzip import rowops
+
+    rng = np.random.default_rng(11)
+    cases = [(-7, 2), (7, 2), (-8, 2), (0, 5), ((1 << 60) - 1, 3), (-(1 << 60), 7),
+             ((1 << 61) + 12345, 1), (-(1 << 61) - 1, 1), (1 << 46, (1 << 40) + 1)]  # fmt: skip
+    cases += [(int(n), int(d)) for n, d in zip(rng.integers(-(1 << 61), 1 << 61, 2000),
+                                               rng.integers(1, 1 << 40, 2000))]  # fmt: skip
+    cases += [(int(q) * int(d) + int(r), int(d)) for q, d, r in
+              zip(rng.integers(-(1 << 20), 1 << 20, 2000), rng.integers(1, 1 << 30, 2000),
+                  rng.integers(-1, 2, 2000))]  # fmt: skip
+    for n, d in cases:
+        assert rowops._fdiv(np.int64(n), np.int64(d), 1.0 / d) == n // d, (n, d)
+    for n, d in cases[:500]:
+        n //= 4  # 2n + d must fit int64
+        got = rowops._rdiv_inv(np.int64(n), np.int64(2 * d), 1.0 / (2 * d))
+        assert got == rowops._rdiv(np.int64(n), np.int64(d)) == (2 * n + d) // (2 * d), (n, d)
