@@ -105,6 +105,18 @@ def _floordiv_est(n, d, inv):
     return q
 
 
+@njit(cache=True, inline="always")
+def _quant_row(row, amax, aq, out):
+    """out[c] = _rdiv(aq * row[c], amax): one row's 15-bit activations (0 where amax = 0)."""
+    if amax <= 0:
+        out[:] = 0
+        return
+    d2 = 2 * amax
+    inv2 = 1.0 / np.float64(d2)
+    for c in range(row.shape[0]):
+        out[c] = _rdiv_inv(aq * row[c], d2, inv2)
+
+
 @njit(cache=True)
 def normquant(x, sqd, aq):
     """Rows x int64 [N, D] Q12 -> (int64 [N, D] in [-aq, aq], Q24 scale [N]): RMSNorm + 15-bit
@@ -127,13 +139,7 @@ def normquant(x, sqd, aq):
             v = x[r, c] >> k
             ss += v * v
         root = _isqrt(ss) << k
-        if amax > 0:
-            d2 = 2 * amax
-            inv2 = 1.0 / np.float64(d2)
-            for c in range(d):
-                a[r, c] = _rdiv_inv(aq * x[r, c], d2, inv2)
-        else:
-            a[r, :] = 0
+        _quant_row(x[r], amax, aq, a[r])
         scale[r] = _rdiv(amax * (sqd << 8), aq * root)
     return a, scale
 
@@ -151,13 +157,7 @@ def absquant(y, shift, aq):
             av = -v if v < 0 else v
             if av > amax:
                 amax = av
-        if amax > 0:
-            d2 = 2 * amax
-            inv2 = 1.0 / np.float64(d2)
-            for c in range(m):
-                a[r, c] = _rdiv_inv(aq * y[r, c], d2, inv2)
-        else:
-            a[r, :] = 0
+        _quant_row(y[r], amax, aq, a[r])
         scale[r] = _rdiv(amax << shift, np.int64(aq))
     return a, scale
 
