@@ -256,6 +256,12 @@ def lm_probabilities(model: LoadedModel, tokens: np.ndarray, batch: int) -> Iter
 
 
 def _lm_symbols(p: torch.Tensor, targets: np.ndarray, precision: int):
+    """(cum, freq) of each target under the frequency table of its row of p (the coder's input)."""
+    if p.device.type == "cpu":
+        cum = np.empty(len(targets), np.int64)
+        freq = np.empty(len(targets), np.int64)
+        rowops.lm_symbols_rows(p.contiguous().numpy(), targets.astype(np.int64), precision, cum, freq)
+        return cum, freq
     f = freq_table(p, precision)
     cum = f.cumsum(dim=-1) - f
     t = torch.from_numpy(targets.astype(np.int64))[:, None]

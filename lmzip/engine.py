@@ -283,6 +283,12 @@ class Engine:
         o = (pg @ v.double()).long().view(b, h, tq, e)  # exact: every sum < 2^53
         return rshift_round(o, 16).transpose(1, 2).reshape(b, tq, h * e)
 
+    def _residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The residual stream's update: clamp(x + y, -RES_MAX, RES_MAX)."""
+        if self.fused:
+            return torch.from_numpy(rowops.add_clamp(x.numpy(), y.numpy(), RES_MAX))
+        return (x + y).clamp(-RES_MAX, RES_MAX)
+
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return rshift_round(self.emb.rows[tokens].long() * self.emb.ws[tokens][:, None], 12)
 
@@ -305,11 +311,15 @@ class Engine:
             v = lay["attn.v"](a, s, 10, V_MAX, fu).view(-1, self.kv, self.e)
             y = attn_fn(i, q, k, v, lay["gain"])
             a, s = self._absquant(y, 10)
-            x = (x + lay["attn.o"](a, s, 12, I64_MAX, fu)).clamp(-RES_MAX, RES_MAX)
+            x = self._residual(x, lay["attn.o"](a, s, 12, I64_MAX, fu))
             a, s = self._normquant(x)
-            hid = lay["mlp.up"](a, s, 12, H_MAX, fu).clamp(min=0)
-            a, s = self._absquant(hid * hid, 24)
-            x = (x + lay["mlp.down"](a, s, 12, I64_MAX, fu)).clamp(-RES_MAX, RES_MAX)
+            hid = lay["mlp.up"](a, s, 12, H_MAX, fu)
+            if fu:
+                a, s = (torch.from_numpy(t) for t in rowops.relu2_absquant(hid.numpy(), 0, AQ))
+            else:
+                hid = hid.clamp(min=0)
+                a, s = self._absquant(hid * hid, 24)
+            x = self._residual(x, lay["mlp.down"](a, s, 12, I64_MAX, fu))
             if i < n_enc:
                 skips.append(x)
         return x

@@ -373,6 +373,57 @@ def freq_rows(p, precision):
 
 
 @njit(cache=True)
+def lm_symbols_rows(p, targets, precision, cum, freq):
+    """The range coder's symbol of targets[r] under freq_rows' table of each row p[r] (Q30
+    [N, V]): cum[r] = sum of the frequencies below the target, freq[r] = the target's
+    frequency, computed in one pass per row without the [N, V] tables."""
+    n, v = p.shape
+    total = np.int64(1) << precision
+    for r in range(n):
+        s = np.int64(0)
+        top = 0
+        for c in range(v):
+            s += p[r, c]
+            if p[r, c] > p[r, top]:
+                top = c
+        inv = 1.0 / np.float64(s)
+        t = targets[r]
+        acc = np.int64(0)
+        below = np.int64(0)
+        ft = np.int64(0)
+        for c in range(v):
+            f = 1 + _fdiv(p[r, c] * (total - v), s, inv)
+            if c == t:
+                below, ft = acc, f
+            acc += f
+        rem = total - acc  # goes to the first argmax (_freq_row)
+        if top == t:
+            ft += rem
+        elif top < t:
+            below += rem
+        cum[r] = below
+        freq[r] = ft
+
+
+@njit(cache=True)
+def add_clamp(x, y, lim):
+    """clamp(x + y, -lim, lim) of int64 rows (the residual stream's updates)."""
+    n, m = x.shape
+    out = np.empty((n, m), np.int64)
+    for r in range(n):
+        for c in range(m):
+            out[r, c] = min(max(x[r, c] + y[r, c], -lim), lim)
+    return out
+
+
+@njit(cache=True)
+def relu2_absquant(h, shift, aq):
+    """absquant of max(h, 0)^2 (the MLP's hidden activation), without the torch temporaries."""
+    y = np.maximum(h, 0)
+    return absquant(y * y, shift, aq)
+
+
+@njit(cache=True)
 def decode_lm_row(p, precision, st, data, f, work):
     """Decode one token of an --lm-only stream from its Q30 probabilities p [V]: the frequency
     table of freq_rows (into f, int64 [V]), its cumulative table (work, uint64 [V + 1]), and
@@ -578,11 +629,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
                 x[b, c] = min(max(x[b, c] + o[b, c], -res_max), res_max)
         a, s = normquant(x, sqd, aq)
         hid = linear_i16(a, wup[i], s, wsup[i], 20, -h_max, h_max)
-        for b in range(b_n):
-            for c in range(hid.shape[1]):
-                hv = max(hid[b, c], 0)
-                hid[b, c] = hv * hv
-        a, s = absquant(hid, 0, aq)
+        a, s = relu2_absquant(hid, 0, aq)
         dn = linear_i16(a, wdn[i], s, wsdn[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
