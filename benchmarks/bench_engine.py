@@ -5,7 +5,7 @@ Run: python benchmarks/bench_engine.py [--quick] [--models cpu,golf] [--threads 
      [--tag v2]
 
 For each model size (random weights of the size's shape: speed does not depend on the weights;
-`cpu` is the shipped default model's shape, `golf` the ModelConfig defaults, 9 x 512) and each
+`cpu` is the shipped `large` model's shape, 6 x 256, `golf` the ModelConfig defaults, 9 x 512) and each
 thread count (torch and numba):
 (a) teacher-forced `Engine.forward` over full windows (1024 tokens' worth), tokens/s;
 (b) incremental `Engine.step` of B streams in lockstep (B = 1, 16, 32), at positions W/4 and
@@ -61,7 +61,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {  # name -> ModelConfig kwargs (over ModelConfig defaults)
-    "cpu": {  # the shipped default model's shape
+    "cpu": {  # the shipped `large` model's shape (6 x 256)
         "vocab_size": 1024,
         "n_layer": 6,
         "d_model": 256,
