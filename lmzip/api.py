@@ -24,7 +24,7 @@ import torch
 from lmzip import coder, container, rowops, stream
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
-from lmzip.mixer import MixDecoder, MixEncoder, MixerParams
+from lmzip.mixer import MixDecoder, MixEncoder, MixerParams, mix_decode_token
 from lmzip.numerics import exp_tables_np, freq_table, lm_probs
 from lmzip.tokenizer import Tokenizer
 
@@ -344,19 +344,18 @@ def decode_chunks(
     state = eng.new_state(b)
     # the step reads these numpy arrays through zero-copy tensors; the loop writes them in place
     inp_np, pos_np = np.full(b, bos, np.int64), np.zeros(b, np.int64)
-    inp, pos = torch.from_numpy(inp_np), torch.from_numpy(pos_np)
     freq, work = np.empty(eng.vocab_size, np.int64), np.empty(eng.vocab_size + 1, np.uint64)
     tables = exp_tables_np()
     live = [i for i, s in enumerate(streams) if s.n > 0]
     while live:
-        capped = eng.step(state, inp, pos).numpy()
+        capped = eng.step_np(state, inp_np, pos_np)
         pn = rowops.probs_rows(np.ascontiguousarray(capped), *tables)
         for i in live:
             s = streams[i]
             if s.mix is None:
                 tok = int(rowops.decode_lm_row(pn[i], precision, s.st, s.data, freq, work))
-            else:
-                tok = s.mix.next(pn[i])
+            else:  # at most n tokens, the decoder's max_tokens: MixDecoder.next's checks hold
+                tok = int(mix_decode_token(*s.mix.arrays, pn[i]))
             s.tokens[s.done] = tok
             s.done += 1
             if s.done % seg == 0:

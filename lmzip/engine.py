@@ -113,6 +113,8 @@ class DecodeState:
     v: list[torch.Tensor]
     k_all: torch.Tensor | None = None  # [L, B, ...]: the per-layer caches are its views
     v_all: torch.Tensor | None = None
+    k_np: np.ndarray | None = None  # numpy views of k_all, v_all (CPU)
+    v_np: np.ndarray | None = None
 
 
 class Engine:
@@ -359,7 +361,19 @@ class Engine:
         n = len(self.layers)
         k_all = torch.zeros((n,) + shp, dtype=torch.float32, device=dev)
         v_all = torch.zeros((n,) + shp, dtype=torch.float64, device=dev)
-        return DecodeState(k=list(k_all), v=list(v_all), k_all=k_all, v_all=v_all)
+        cpu = dev.type == "cpu"
+        return DecodeState(k=list(k_all), v=list(v_all), k_all=k_all, v_all=v_all,
+                           k_np=k_all.numpy() if cpu else None,
+                           v_np=v_all.numpy() if cpu else None)  # fmt: skip
+
+    def step_np(self, state: DecodeState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """`step` on int64 numpy arrays (the decoding loop's): where the whole step is one compiled
+        call (fused CPU engine, B <= STEP_ALL_MAX_B) it is called directly, without torch's
+        dispatch and grad-mode switches (~20 us per token); elsewhere through `step`."""
+        if self._stacked is not None and len(tokens) <= STEP_ALL_MAX_B and state.k_np is not None:
+            args, tail = self._stacked
+            return rowops.step_all(tokens, pos, *args, state.k_np, state.v_np, *tail)
+        return self.step(state, torch.from_numpy(tokens), torch.from_numpy(pos)).cpu().numpy()
 
     @torch.no_grad()
     def step(self, state: DecodeState, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -367,11 +381,8 @@ class Engine:
         < pos[b] of its current window) -> capped logits Q16 [B, V] for the next token."""
         b = tokens.size(0)
         tokens, pos = tokens.to(self.device), pos.to(self.device)
-        if self._stacked is not None and b <= STEP_ALL_MAX_B and state.k_all is not None:
-            args, tail = self._stacked
-            out = rowops.step_all(tokens.numpy(), pos.numpy(), *args, state.k_all.numpy(),
-                                  state.v_all.numpy(), *tail)  # fmt: skip
-            return torch.from_numpy(out)
+        if self._stacked is not None and b <= STEP_ALL_MAX_B and state.k_np is not None:
+            return torch.from_numpy(self.step_np(state, tokens.numpy(), pos.numpy()))
         rows = torch.arange(b, device=self.device)
         tk = int(pos.max()) + 1
 
