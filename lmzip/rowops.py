@@ -172,6 +172,19 @@ def _dot1(x, w, j, k):
 
 
 @njit(cache=True, inline="always")
+def _dot1x4(x, w, j, k):
+    """The four int32 dot products of the int16 row x with rows j .. j + 3 of w."""
+    a0, a1, a2, a3 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
+    for c in range(k):
+        u = np.int32(x[c])
+        a0 = np.int32(a0 + u * np.int32(w[j, c]))
+        a1 = np.int32(a1 + u * np.int32(w[j + 1, c]))
+        a2 = np.int32(a2 + u * np.int32(w[j + 2, c]))
+        a3 = np.int32(a3 + u * np.int32(w[j + 3, c]))
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
 def _dot2x2(x0, x1, w, j, k):
     """The four int32 dot products of rows x0, x1 with rows j, j + 1 of w."""
     a00, a01, a10, a11 = np.int32(0), np.int32(0), np.int32(0), np.int32(0)
@@ -208,12 +221,21 @@ def _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, x0, x1):
             out[r, j] = _epilogue(np.int64(_dot1(x0, w, j, k)), s0, ws[j], shift, lo, hi)
             out[r + 1, j] = _epilogue(np.int64(_dot1(x1, w, j, k)), s1, ws[j], shift, lo, hi)
         r += 2
-    if r < r1:  # the odd row (and every decoding step of one stream)
+    if r < r1:  # the odd row (and every decoding step of one stream): four outputs per pass
         for c in range(k):
             x0[c] = a[r, c]
         s0 = a_scale[r]
-        for j in range(n):
+        j = 0
+        while j + 3 < n:
+            a0, a1, a2, a3 = _dot1x4(x0, w, j, k)
+            out[r, j] = _epilogue(np.int64(a0), s0, ws[j], shift, lo, hi)
+            out[r, j + 1] = _epilogue(np.int64(a1), s0, ws[j + 1], shift, lo, hi)
+            out[r, j + 2] = _epilogue(np.int64(a2), s0, ws[j + 2], shift, lo, hi)
+            out[r, j + 3] = _epilogue(np.int64(a3), s0, ws[j + 3], shift, lo, hi)
+            j += 4
+        while j < n:
             out[r, j] = _epilogue(np.int64(_dot1(x0, w, j, k)), s0, ws[j], shift, lo, hi)
+            j += 1
 
 
 @njit(cache=True)
