@@ -12,6 +12,7 @@ attention probabilities Q16, logits Q16, per-row activation scales Q24, weight s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +64,41 @@ def _bitlength(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v > 0, n + 1, n)
 
 
+def _linear_selftest(kernel) -> bool:
+    """Adversarial rows (every product at its extreme, one sign and alternating) and random ones
+    through `kernel`, against int64 numpy, at the largest K the engine accepts."""
+    rng = np.random.default_rng(99)
+    for k, qmax in ((192, 127), (1031, 127), (4226, 31)):
+        a = np.stack([np.full(k, 16383), np.full(k, -16383),
+                      np.where(np.arange(k) % 2, 16383, -16383)]
+                     + list(rng.integers(-16383, 16384, (4, k)))).astype(np.int64)  # fmt: skip
+        w = rng.integers(-qmax, qmax + 1, (9, k)).astype(np.int8)
+        w[0], w[1] = qmax, -qmax
+        a_scale = np.full(len(a), 1 << 16, np.int64)
+        ws = np.full(len(w), 1 << 24, np.int64)
+        want = a @ w.astype(np.int64).T  # unit scales (A = 2^16, WS = 2^24, shift 24): y = acc
+        for m in (1, 2, len(a)):
+            if not np.array_equal(kernel(a[:m], w, a_scale[:m], ws, 24, -I64_MAX, I64_MAX),
+                                  want[:m]):  # fmt: skip
+                return False
+    return True
+
+
+@functools.cache
+def fused_linear_ok() -> bool:
+    """Start-up self-test of rowops.linear_i16 on this machine. Integer arithmetic cannot round,
+    but a miscompiled kernel must never code a file: where this fails, the engine uses the
+    self-tested torch products instead."""
+    return _linear_selftest(rowops.linear_i16)
+
+
+@functools.cache
+def parallel_linear_ok() -> bool:
+    """The same for rowops.linear_i16_par, at its first use (the teacher-forced passes; decoding
+    never needs it); where it fails, those passes use linear_i16."""
+    return _linear_selftest(rowops.linear_i16_par)
+
+
 class _Linear:
     """int8 weights [out, in] with Q24 per-row scales; y = (a @ W^T) * A * WS."""
 
@@ -76,19 +112,29 @@ class _Linear:
         self.ws = _q24(qt.scales, name, SCALE_MAX).to(device)
         if self.ws.min() < 0:
             raise FormatError(f"model tensor {name} has negative scales")
-        self.mm = MatMul(torch.from_numpy(vals.astype(np.int8)).t().to(device), qmax, prefer)
         self.rows = torch.from_numpy(vals.astype(np.int8)).to(device)  # for embedding lookups
+        self._prefer, self._mm = prefer, None
         self.ws_np = self.ws.cpu().numpy()
         # the fused CPU path (rowops.linear_i16): exact int32 sums while K * AQ * qmax < 2^31
         k = vals.shape[1]
         cpu = self.ws.device.type == "cpu"
-        self.w_rows = self.rows.numpy() if cpu and k * AQ * qmax < (1 << 31) else None
+        exact = cpu and k * AQ * qmax < (1 << 31) and fused_linear_ok()
+        self.w_rows = self.rows.numpy() if exact else None
+
+    @property
+    def mm(self) -> MatMul:
+        """The torch product (unfused paths), built on first use: its kernel choice times and
+        self-tests torch's kernels, start-up work the fused CPU path does not need."""
+        if self._mm is None:
+            self._mm = MatMul(self.rows.t(), self.qmax, self._prefer)
+        return self._mm
 
     def __call__(self, a, a_scale, frac: int, lim: int = I64_MAX, fused: bool = False):
         """a [N, K] in [-16383, 16383], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
         (numerics.md "linear"): two exact int8 products, a = 128 * hi + lo, lo in [0, 127]."""
         if fused and self.w_rows is not None:
-            kernel = rowops.linear_i16 if a.size(0) <= SMALL_M else rowops.linear_i16_par
+            big = a.size(0) > SMALL_M and parallel_linear_ok()
+            kernel = rowops.linear_i16_par if big else rowops.linear_i16
             out = kernel(a.numpy(), self.w_rows, a_scale.numpy(), self.ws_np, 32 - frac, -lim, lim)
             return torch.from_numpy(out)
         hi = (a >> 7).to(torch.int8)

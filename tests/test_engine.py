@@ -122,6 +122,23 @@ def test_selftest_failure_falls_back(mf, engine, monkeypatch):
     assert torch.equal(eng.forward(w), engine.forward(w))
 
 
+def test_fused_linear_selftest_failure_falls_back(mf, engine, monkeypatch):
+    """Where rowops.linear_i16 fails its start-up self-test (engine.fused_linear_ok), the engine
+    codes with the self-tested torch products instead, with identical tables on both paths."""
+    import lmzip.engine as E
+
+    assert E.fused_linear_ok()  # passes on this machine
+    monkeypatch.setattr(E, "fused_linear_ok", lambda: False)
+    eng = Engine(mf)
+    assert eng._stacked is None and all(lay["mlp.up"].w_rows is None for lay in eng.layers)
+    w = _windows(2, engine.window, engine.vocab_size, seed=11)
+    assert torch.equal(eng.forward(w), engine.forward(w))
+    st_a, st_b = eng.new_state(2), engine.new_state(2)
+    for i in range(6):
+        toks, pos = w[:, i], torch.full((2,), i)
+        assert torch.equal(eng.step(st_a, toks, pos), engine.step(st_b, toks, pos))
+
+
 def test_selftest_detects_a_saturating_kernel(monkeypatch):
     def saturating(a, w, wmax):
         # oneDNN's AVX2 u8s8 path: activations shifted to u8 (a + 128), products summed in
