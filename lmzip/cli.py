@@ -35,9 +35,15 @@ class LmzipGroup(click.Group):
         previous = {s: signal.signal(s, _interrupt) for s in sigs}
         _INTERRUPTED.clear()
         try:
-            return super().invoke(ctx)
+            rv = super().invoke(ctx)
+            sys.stdout.flush()  # here a reader that went away is caught below, not at exit
+            return rv
         except LmzipError as e:
             _fail(ctx, str(e))
+        except BrokenPipeError:  # the reader of stdout stopped (`lmzip info | head`): end
+            # quietly with SIGPIPE's status, as other tools do; no file of ours is involved
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except OSError as e:  # unreadable/unwritable user files; strerror is one line
             _fail(ctx, f"{e.filename}: {e.strerror}" if e.filename else str(e))
         except KeyboardInterrupt:

@@ -94,3 +94,14 @@ def test_python_m_lmzip_subprocess():
                        capture_output=True, text=True, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n_chunks"] == 4
+
+
+def test_reader_that_stops_early_ends_quietly():
+    """`lmzip info FILE | head`: when the reader of stdout has gone, lmzip ends with SIGPIPE's
+    status (141) and no error message, as other command-line tools do."""
+    p = subprocess.Popen([sys.executable, "-m", "lmzip", "info", str(MODEL)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    p.stdout.close()  # before the child writes anything: its first write fails with EPIPE
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141
+    assert err == b""
