@@ -467,7 +467,10 @@ def bench_model(name: str, args) -> dict:
     qmax = {"q6": 31, "q8": 127}
     wmax = {n: qmax[mf.tensors[f"blocks.0.{n}"].kind] for n in LINEARS}
     wmax["head"] = qmax[mf.tensors["tok_emb"].kind]
-    kern = sorted({lay[n].mm.kernel for lay in eng.layers for n in LINEARS})
+    if eng.fused and all(lay[n].w_rows is not None for lay in eng.layers for n in LINEARS):
+        kern = ["i16"]  # rowops.linear_i16 (the fused CPU linear)
+    else:
+        kern = sorted({lay[n].mm.kernel for lay in eng.layers for n in LINEARS})
     log(
         f"{name}: {cfg.n_layer}x{cfg.d_model}, window {cfg.seq_len}, built in "
         f"{time.perf_counter() - t0:.1f} s, GEMM kernels {kern}, step_all "

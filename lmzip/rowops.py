@@ -71,38 +71,31 @@ def att_probs(dot, gain, lim, att):
     iff j <= lim), att int64 table -> Q16 probabilities as float64 [N, Tq, Tk] (0 if masked)."""
     n, tq, tk = dot.shape
     out = np.zeros((n, tq, tk), np.float64)
-    last = att.shape[0] - 1
     for r in prange(n * tq):
         b, i = r // tq, r % tq
-        g = gain[b]
-        hi = min(lim[b, i], tk - 1)
-        lg = np.empty(hi + 1, np.int64)
-        m = np.int64(-(1 << 62))
-        for j in range(hi + 1):
-            v = _rs(np.int64(dot[b, i, j]) * g, 16)
-            lg[j] = v
-            m = max(m, v)
-        s = np.int64(0)
-        for j in range(hi + 1):
-            w = att[min((m - lg[j]) >> 8, last)]
-            lg[j] = w
-            s += w
-        inv = 1.0 / np.float64(s)
-        for j in range(hi + 1):
-            out[b, i, j] = np.float64(_floordiv_est(lg[j] << 16, s, inv))
+        n_keys = min(lim[b, i], tk - 1) + 1
+        _att_row(dot[b, i], n_keys, gain[b], att, np.empty(n_keys, np.int64), out[b, i])
     return out
 
 
 @njit(cache=True, inline="always")
-def _floordiv_est(n, d, inv):
-    """floor(n / d) for 0 <= n < 2^47, 0 < d < 2^41: a float estimate (within 1 of the
-    quotient, since the relative error is < 2^-50) corrected with exact integer products."""
-    q = np.int64(np.float64(n) * inv)
-    if q * d > n:
-        q -= 1
-    elif (q + 1) * d <= n:
-        q += 1
-    return q
+def _att_row(dots, n, gh, att, lg, pj):
+    """Attention probabilities of one query (numerics.md "Attention"): dots [>= n] exact integer
+    q.k products -> pj[j] = floor(ATT_j * 2^16 / sum ATT) for j < n (lg: int64 [>= n] scratch)."""
+    last = att.shape[0] - 1
+    m = np.int64(-(1 << 62))
+    for j in range(n):
+        v = _rs(np.int64(dots[j]) * gh, 16)
+        lg[j] = v
+        m = max(m, v)
+    s = np.int64(0)
+    for j in range(n):
+        w = att[min((m - lg[j]) >> 8, last)]
+        lg[j] = w
+        s += w
+    inv = 1.0 / np.float64(s)
+    for j in range(n):
+        pj[j] = np.float64(_fdiv(lg[j] << 16, s, inv))
 
 
 @njit(cache=True, inline="always")
@@ -515,21 +508,8 @@ def _attend_row(qf, keys_t, vals_t, n, gh, att, dots, lg, pj, acc):
     [E]) with sum_j P_j * v_j, P in Q16 (dots, lg, pj: [W] scratch). The dot products are exact
     (_dots); each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the float64 sums are
     exact integers in any order (numerics.md "Attention")."""
-    last = att.shape[0] - 1
     _dots(qf, keys_t, n, dots)
-    m = np.int64(-(1 << 62))
-    for j in range(n):
-        v = _rs(np.int64(dots[j]) * gh, 16)
-        lg[j] = v
-        m = max(m, v)
-    s = np.int64(0)
-    for j in range(n):
-        w = att[min((m - lg[j]) >> 8, last)]
-        lg[j] = w
-        s += w
-    inv = 1.0 / np.float64(s)
-    for j in range(n):
-        pj[j] = np.float64(_floordiv_est(lg[j] << 16, s, inv))
+    _att_row(dots, n, gh, att, lg, pj)
     _pv(pj, vals_t, n, acc)
 
 
