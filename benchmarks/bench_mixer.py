@@ -1,7 +1,8 @@
 """Mixer benchmark: bits per byte (LM alone vs mixed) with stand-in LMs, and tokens per second.
 
 Run: python benchmarks/bench_mixer.py [--quick] [--out benchmarks/results/mixer-DATE.json]
-     python benchmarks/bench_mixer.py --real DIR [--kib 2048] [--chunks 256,1024,2048] [--out F]
+     python benchmarks/bench_mixer.py --real DIR [--kib 2048] [--chunks 256,1024,2048]
+         [--hash-bits 20] [--files enwiki_gensim,lee_news,shakespeare] [--out F]
 
 --real uses the shipped model's own LM rows (api.lm_probabilities) for the first --kib KiB of each
 dev file, computed once (about 1,500 tokens/s per core) and cached in DIR as NAME.toks.npy and
@@ -143,10 +144,10 @@ def run_file(table, toks, prm, strong, seed=0):
 
 
 @njit
-def _decode_rows(head, body, hist, cst, data, rows, out):
+def _decode_rows(head, body, mem, hist, cst, data, rows, out):
     # One token at a time from inside numba, as a batched decode loop calls it.
     for i in range(rows.shape[0]):
-        out[i] = mix_decode_token(head, body, hist, cst, data, rows[i])
+        out[i] = mix_decode_token(head, body, mem, hist, cst, data, rows[i])
 
 
 def decode_speed(table, toks, prm, payload, n, sure):
@@ -185,9 +186,9 @@ def real_rows(cache: str, name: str, kib: int):
 
 
 def run_real(args):
-    prm = MixerParams()
+    prm = MixerParams(hash_bits=args.hash_bits)
     out = []
-    for name in DEV:
+    for name in args.files.split(","):
         toks, rows, lens = real_rows(args.real, name, args.kib)
         cb = np.cumsum(lens)
         nbytes = int(cb[-1])
@@ -234,6 +235,9 @@ def main():
     ap.add_argument("--real", default=None, metavar="DIR", help="shipped LM rows, cached in DIR")
     ap.add_argument("--kib", type=int, default=2048, help="--real: KiB of each dev file")
     ap.add_argument("--chunks", default="256,1024,2048", help="--real: chunk sizes in KiB")
+    ap.add_argument("--hash-bits", type=int, default=MixerParams().hash_bits,
+                    help="--real: mixer hash_bits (lmzip picks it from the chunk length)")
+    ap.add_argument("--files", default=",".join(DEV), help="--real: dev files to run")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.real:

@@ -129,6 +129,23 @@ DEFAULT_BATCH = 16
 FORWARD_WINDOWS = 4
 
 
+# Mixer memory follows the data: the hashed context models get 2^hash_bits buckets of 32 bytes,
+# 64 to 128 bytes per input byte of the largest chunk, between 2^16 (2 MiB, small inputs start
+# fast) and 2^22 (128 MiB per chunk: a 2.5 MB chunk of shakespeare codes 0.3 % smaller with
+# 2^22 than with 2^21, benchmarks/results/mixer-2026-11-24-v3.md). The choice depends on the
+# input size only, and the decoder reads it from the header.
+MIXER_HASH_BITS = (16, 22)
+# Mixer state a decoding worker keeps at once: a batch holds fewer streams when their hash
+# tables would exceed this (files of 4 MiB chunks: 7 streams of 135 MB instead of 16).
+DECODE_MIXER_BUDGET = 1 << 30
+
+
+def mixer_params(chunk_len: int) -> MixerParams:
+    """The default mixer parameters for chunks of at most `chunk_len` input bytes."""
+    lo, hi = MIXER_HASH_BITS
+    return MixerParams(hash_bits=min(max((max(1, chunk_len) - 1).bit_length() + 2, lo), hi))
+
+
 def auto_chunk_size(total: int | None) -> int:
     """The default chunk size for an input of `total` bytes (None: unknown)."""
     if total is None:
@@ -486,8 +503,10 @@ def _groups(it: Iterator, n: int) -> Iterator[list]:
 
 def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=None) -> dict:
     """Compress readable binary `src` into seekable writable `dst`; returns a summary."""
-    mixer = None if opts.lm_only else MixerParams()
-    chunk_size = opts.chunk_bytes(_remaining_size(src))
+    remaining = _remaining_size(src)
+    chunk_size = opts.chunk_bytes(remaining)
+    longest = chunk_size if remaining is None else min(chunk_size, remaining)
+    mixer = None if opts.lm_only else mixer_params(longest)
     params = stream.StreamParams(
         model_id=model.model_id,
         numerics_version=model.mf.numerics_version,
@@ -564,6 +583,9 @@ def decompress_stream(src, write, model, opts: CodingOptions, progress=None) -> 
     # streams per batch: up to batch_size, but spread so that every worker process decodes
     workers = opts.workers(h.n_chunks)
     per_job = max(1, min(opts.batch_size, -(-h.n_chunks // workers)))
+    if mixer_bytes:  # bounded mixer memory per worker
+        per_job = max(1, min(per_job, DECODE_MIXER_BUDGET // MixerParams.from_bytes(mixer_bytes)
+                             .memory_bytes(0)))  # fmt: skip
     jobs = ((g, h.precision, mixer_bytes) for g in _groups(iter(reader), per_job))
     for group in _run_ordered(_decode_job, _tee_records(jobs, pending := deque()), workers,
                               model, 1):  # fmt: skip
@@ -768,8 +790,8 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
     import io
 
     raw = _verify_inputs(path, lm.tokenizer)
-    mixer = MixerParams()
     size = opts.chunk_bytes(len(raw))
+    mixer = mixer_params(min(size, len(raw)))
     chunks = [raw[i : i + size] for i in range(0, len(raw), size)]
     jobs = (([c], opts.precision, mixer.to_bytes(), opts.batch_size) for c in chunks)
     workers = opts.workers(len(chunks))  # one chunk per job, as compress_stream

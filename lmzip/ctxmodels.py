@@ -1,17 +1,20 @@
 """Integer core of the adaptive mixer: tables, hashes, state layout, per-bit predict and update.
 
 Everything here is exact integer arithmetic (format_spec/mixer.md sections 2-4). The state of one
-chunk lives in three numpy arrays so that numba loops can pass it around without a jitclass:
+chunk lives in four numpy arrays so that numba loops can pass it around without a jitclass:
 
 - ``head`` int64[H_SIZE + V + 1]: scalars (H_*), per-token scratch and the prefix sum of p.
-- ``body`` int32[...]: every table (squash, stretch, rates, hashed buckets, weights, APMs, match).
+- ``body`` int32[...]: every table but the buckets (squash, stretch, rates, weights, APMs, match).
+- ``mem`` uint16[16 << hash_bits]: the context models' hashed buckets (16 entries of 16 bits).
 - ``hist`` int32[max_tokens]: the chunk's tokens so far (the match model reads it).
 
 Version 2 (format_spec/mixer.md): order-0 and indirect context models, two SSE-of-LM inputs,
 four layer-1 mixers (weight sets by confidence/match/known order, depth, tree node, previous
-token) combined by a layer-2 mixer, then the two APMs of version 1.
+token) combined by a layer-2 mixer, then the two APMs of version 1. Version 3: 16-bit bucket
+entries (12-bit probability, 4-bit count) and four candidate buckets per hash.
 """
 
+import numpy as np
 from numba import njit
 
 # Stretch domain: x = round(256 * ln(p / (1 - p))), clamped to [-XMAX, XMAX]; probabilities are
@@ -31,9 +34,10 @@ MASK32 = 0xFFFFFFFF
 M1 = 0x6A09E667  # odd, < 2^31: h < 2^32 times M1 stays below 2^63 in int64
 M2 = 0x3C6EF373
 P22 = 1 << 22  # adaptive probabilities are kept with 22 bits
-CNT_BITS = 9  # bucket entry = p22 << 9 | count
+CNT_BITS = 4  # bucket entry (uint16) = p12 << 4 | count
 CNT_MASK = (1 << CNT_BITS) - 1
-ENTRY_INIT = (1 << 21) << CNT_BITS  # p = 1/2, count 0
+ENTRY_INIT = (1 << 11) << CNT_BITS  # p = 1/2, count 0
+WAYS = 4  # a hash may live in any of 4 neighbouring buckets (an aligned group of 128 bytes)
 MAX_MODELS = 8
 WMAX = 1 << 22  # mixer weights are 16.16 fixed point, clamped to [-WMAX, WMAX]
 NIN_MAX = MAX_MODELS + 5  # LM, context models, match, bias, 2 SSE-of-LM inputs
@@ -47,17 +51,17 @@ H_NODE, H_D, H_MPTR, H_MLEN, H_MEXP, H_MBIT = 10, 11, 12, 13, 14, 15
 H_PMIX, H_DOT, H_WSET, H_A1, H_A2, H_PFIN, H_MSM = 16, 17, 18, 19, 20, 21, 22
 H_NBMASK, H_MMMASK, H_A2MASK = 23, 24, 25
 # offsets into body
-H_OSQ, H_OST, H_ORT, H_OMEM, H_OW, H_OA1, H_OA2, H_OMM, H_OSM = 26, 27, 28, 29, 30, 31, 32, 33, 34
+H_OSQ, H_OST, H_ORT, H_OW, H_OA1, H_OA2, H_OMM, H_OSM = 26, 27, 28, 30, 31, 32, 33, 34
 H_OW2, H_OS1, H_OS2, H_S1, H_S2, H_OIND = 35, 36, 37, 38, 39, 40
 H_ORD = 48  # MAX_MODELS orders
-H_CTX = 56  # MAX_MODELS context hashes of the current token
-H_BASE = 64  # MAX_MODELS bucket bases of the current nibble group
-H_X = 72  # NIN_MAX mixer inputs of the current bit
-H_SLOT = 88  # MAX_MODELS entry indices of the current bit
-H_WS = 96  # NMIX weight-set offsets (layer 1) of the current bit
-H_PM = 104  # NMIX layer-1 outputs squash(dot_k)
-H_X2 = 112  # NMIX layer-1 outputs in the stretch domain (layer-2 inputs)
-H_SIZE = 128  # prefix sum of p starts here: head[H_SIZE + t] = p[0] + ... + p[t - 1]
+H_CTX = H_ORD + MAX_MODELS  # context hashes of the current token
+H_BASE = H_CTX + MAX_MODELS  # bucket bases of the current nibble group
+H_SLOT = H_BASE + MAX_MODELS  # entry indices of the current bit
+H_WS = H_SLOT + MAX_MODELS  # NMIX weight-set offsets (layer 1) of the current bit
+H_PM = H_WS + 8  # NMIX layer-1 outputs squash(dot_k)
+H_X2 = H_PM + 8  # NMIX layer-1 outputs in the stretch domain (layer-2 inputs)
+H_X = H_X2 + 8  # NIN_MAX mixer inputs of the current bit
+H_SIZE = H_X + NIN_MAX  # prefix sum of p starts here: head[H_SIZE + t] = p[0] + ... + p[t - 1]
 
 # Layer-1 weight sets (spec 5.2): mixer 0 by LM confidence x match state x highest order that
 # knows the context, mixer 1 by bit depth x match state, mixer 2 by tree node, mixer 3 by the
@@ -172,24 +176,25 @@ def _token_begin(head, body, hist, p):
 
 
 @njit(cache=True)
-def _find_bucket(body, head, h):
-    """Index of the 16-entry bucket for hash h (spec 4.1): tag match in 2 candidates or replace."""
-    omem = head[H_OMEM]
-    tag = (((h * M1) & MASK32) >> 16) + 1
+def _find_bucket(mem, head, h):
+    """Index of the 16-entry bucket for hash h (spec 4.1): tag match among WAYS candidates, or
+    replace the candidate whose first node has seen the fewest bits (ties: the first)."""
+    tag = (((h * M1) & MASK32) >> 16) % 65535 + 1
     i0 = h & head[H_NBMASK]
-    i1 = i0 ^ 1
-    b0 = omem + 16 * i0
-    b1 = omem + 16 * i1
-    if body[b0] == tag:
-        return b0
-    if body[b1] == tag:
-        return b1
-    # replace the candidate whose first node has seen fewer bits (ties: the first)
-    b = b1 if (body[b1 + 1] & CNT_MASK) < (body[b0 + 1] & CNT_MASK) else b0
-    body[b] = tag
+    best = -1
+    bc = 1 << 30
+    for w in range(WAYS):
+        b = 16 * (i0 ^ w)
+        if mem[b] == tag:
+            return b
+        c = mem[b + 1] & CNT_MASK
+        if c < bc:
+            bc = c
+            best = b
+    mem[best] = tag
     for j in range(1, 16):
-        body[b + j] = ENTRY_INIT
-    return b
+        mem[best + j] = ENTRY_INIT
+    return best
 
 
 @njit(cache=True)
@@ -199,7 +204,7 @@ def _interp(body, a, f):
 
 
 @njit(cache=True)
-def _bit_predict(head, body, hist):
+def _bit_predict(head, body, mem, hist):
     """P(next bit = 1) in [1, 65535], or -1 when the bit is forced to 0 (spec 5.2)."""
     V = head[H_V]
     B = head[H_B]
@@ -225,14 +230,14 @@ def _bit_predict(head, body, hist):
     if g == 0:
         for m in range(nm):
             h = _hfin(_hstep(_hstep(head[H_CTX + m], m), node))
-            head[H_BASE + m] = _find_bucket(body, head, h)
+            head[H_BASE + m] = _find_bucket(mem, head, h)
     jn = (1 << g) | (pre & ((1 << g) - 1))
     known = 0  # weight-set context (spec 5.2)
     for m in range(nm):
         slot = head[H_BASE + m] + jn
-        e = body[slot]
+        e = np.int64(mem[slot])
         head[H_SLOT + m] = slot
-        head[H_X + 1 + m] = stretch(body, head, e >> (CNT_BITS + 6))
+        head[H_X + 1 + m] = stretch(body, head, (e >> CNT_BITS) << 4)
         if e & CNT_MASK:
             known = m + 1  # the last model in the order list that has seen it
     mexp = head[H_MEXP]
@@ -308,7 +313,7 @@ def _bit_predict(head, body, hist):
 
 
 @njit(cache=True)
-def _bit_update(head, body, bit):
+def _bit_update(head, body, mem, bit):
     """Train every component on the coded bit, then descend the tree (spec 5.2, Update)."""
     nm = head[H_NM]
     nin = head[H_NIN]
@@ -331,13 +336,14 @@ def _bit_update(head, body, bit):
     target = bit << 22
     for m in range(nm):
         slot = head[H_SLOT + m]
-        e = body[slot]
+        e = np.int64(mem[slot])
         p = e >> CNT_BITS
         c = e & CNT_MASK
-        p += ((target - p) * body[ort + c]) >> 16
+        p += (((bit << 12) - p) * body[ort + c] + 32768) >> 16
+        p = min(max(p, 1), 4095)
         if c < limit:
             c += 1
-        body[slot] = (p << CNT_BITS) | c
+        mem[slot] = (p << CNT_BITS) | c
     if head[H_MSM] >= 0:
         i = head[H_OSM] + head[H_MSM]
         body[i] += (((1 if bit == head[H_MBIT] else 0) << 22) - body[i]) >> 6

@@ -1,6 +1,6 @@
 """Adaptive context mixing: the LM's next-token distribution mixed with models learned online.
 
-Spec: format_spec/mixer.md (mixer version 2). A token id is coded as ceil(log2 V) binary
+Spec: format_spec/mixer.md (mixer version 3). A token id is coded as ceil(log2 V) binary
 decisions, most significant bit first. For every decision the LM's probability (exact subtree mass
 ratio), hashed token-context models (orders 0..16 and indirect models), a match model, two SSE maps
 of the LM probability and a bias are mixed in the stretched domain by four gated linear mixers
@@ -18,7 +18,8 @@ API (all state starts fresh per chunk):
 
 This module holds the parameters, the state allocation and the coding loops; the per-bit models
 are in lmzip/ctxmodels.py. Memory per chunk: MixerParams.memory_bytes(max_tokens), about
-64 * 2^hash_bits bytes + 7 MB (80 MB with the defaults and 150,000 tokens).
+32 * 2^hash_bits bytes + 13 MB (47 MB with the defaults and 150,000 tokens; api.mixer_params
+picks hash_bits from the chunk length).
 """
 
 import struct
@@ -50,7 +51,6 @@ from lmzip.ctxmodels import (
     H_OA1,
     H_OA2,
     H_OIND,
-    H_OMEM,
     H_OMM,
     H_ORD,
     H_ORT,
@@ -89,7 +89,7 @@ from lmzip.ctxmodels import (
 )
 from lmzip.errors import FormatError, VersionError
 
-MIXER_VERSION = 2
+MIXER_VERSION = 3
 CTX_W0 = 80  # initial total weight of the context-model inputs, in 1/64
 _PARAMS_FMT = "<BB8BBHBBBBB"  # version, n_orders, orders[8], hash_bits, limit, ...
 
@@ -101,8 +101,8 @@ class MixerParams:
     # context models, one hashed model each: code k in 0..16 = the last k tokens (0: order 0),
     # 33..35 = indirect model of order k - 32, 40..42 = LM argmax + last k - 40 tokens (spec 5.1)
     orders: tuple = (0, 1, 2, 3, 4, 6, 34, 41)
-    hash_bits: int = 20  # 2^hash_bits buckets of 64 bytes shared by the context models
-    limit: int = 60  # adaptation count limit: rate 2 / (2n + 3), n <= limit
+    hash_bits: int = 20  # 2^hash_bits buckets of 32 bytes shared by the context models
+    limit: int = 15  # adaptation count limit: rate 2 / (2n + 3), n <= limit
     match_min: int = 3  # tokens hashed to find a match
     match_bits: int = 18  # 2^match_bits match-table entries (int32 positions)
     lr: int = 14  # layer-1 mixer learning rate (w += x * err * lr >> 18)
@@ -144,7 +144,7 @@ class MixerParams:
         if len(b) < 1:
             raise FormatError("mixer params: empty")
         if b[0] != MIXER_VERSION:
-            raise VersionError(f"mixer version {b[0]} is not supported (this build: 2)")
+            raise VersionError(f"mixer version {b[0]} is not supported (this build: {MIXER_VERSION})")
         if len(b) != struct.calcsize(_PARAMS_FMT):
             raise FormatError(f"mixer params: {len(b)} bytes, expected 18")
         v = struct.unpack(_PARAMS_FMT, b)
@@ -158,13 +158,12 @@ class MixerParams:
 
     def memory_bytes(self, max_tokens: int) -> int:
         """Bytes of state one chunk needs (head excluded: 8 * (V + 97))."""
-        return 4 * _body_size(self) + 4 * max_tokens
+        return 4 * _body_size(self) + 32 * (1 << self.hash_bits) + 4 * max_tokens
 
 
 def _body_size(prm: MixerParams) -> int:
     return (
         (2 * XMAX + 1) + PONE + (CNT_MASK + 1)
-        + 16 * (1 << prm.hash_bits)
         + N_WSETS * NIN_MAX
         + N_WSETS2 * NMIX
         + 2 * (NKNOT << SSE_BITS)
@@ -185,7 +184,7 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     off = 0
     for key, size in (
         (H_OSQ, 2 * XMAX + 1), (H_OST, PONE), (H_ORT, CNT_MASK + 1),
-        (H_OMEM, 16 << prm.hash_bits), (H_OW, N_WSETS * NIN_MAX), (H_OW2, N_WSETS2 * NMIX),
+        (H_OW, N_WSETS * NIN_MAX), (H_OW2, N_WSETS2 * NMIX),
         (H_OS1, NKNOT << SSE_BITS), (H_OS2, NKNOT << SSE_BITS), (H_OIND, N_IND << IND_BITS),
         (H_OA1, APM1_SIZE * NKNOT),
         (H_OA2, NKNOT << prm.apm2_bits), (H_OMM, 1 << prm.match_bits), (H_OSM, SM_SIZE),
@@ -204,8 +203,8 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     head[H_NBMASK] = (1 << prm.hash_bits) - 1
     head[H_MMMASK] = (1 << prm.match_bits) - 1
     head[H_A2MASK] = (1 << prm.apm2_bits) - 1
-    body[head[H_OMEM] : head[H_OMEM] + (16 << prm.hash_bits)] = ENTRY_INIT
-    body[head[H_OMEM] :: 16][: 1 << prm.hash_bits] = 0  # slot 0 of each bucket: tag, 0 = empty
+    mem = np.full(16 << prm.hash_bits, ENTRY_INIT, np.uint16)
+    mem[::16] = 0  # slot 0 of each bucket: tag, 0 = empty
     # The mixer starts near "LM only": weight 1.0 on the LM input, small priors on the adaptive
     # inputs (they are 0 until a context has been seen), which helps short chunks (spec 4).
     w = body[head[H_OW] : head[H_OW] + N_WSETS * NIN_MAX].reshape(N_WSETS, NIN_MAX)
@@ -221,11 +220,11 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
         body[head[key] : head[key] + (NKNOT << SSE_BITS)] = np.tile(knots, 1 << SSE_BITS)
     body[head[H_OSM] : head[H_OSM] + SM_SIZE] = P22 * 3 // 4
     head[H_MEXP] = -1
-    return head, body, hist
+    return head, body, mem, hist
 
 
 @njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
-def _cost_block(head, body, hist, p_block, toks, out_bits):
+def _cost_block(head, body, mem, hist, p_block, toks, out_bits):
     """Ideal code length of each token in bits (floats only here, for reporting)."""
     B = head[H_B]
     for i in range(toks.shape[0]):
@@ -233,20 +232,20 @@ def _cost_block(head, body, hist, p_block, toks, out_bits):
         tok = toks[i]
         bits = 0.0
         while head[H_D] < B:
-            pf = _bit_predict(head, body, hist)
+            pf = _bit_predict(head, body, mem, hist)
             if pf < 0:
                 head[H_NODE] *= 2
                 head[H_D] += 1
                 continue
             bit = (tok >> (B - 1 - head[H_D])) & 1
             bits -= np.log2((pf if bit else PONE - pf) / PONE)
-            _bit_update(head, body, bit)
+            _bit_update(head, body, mem, bit)
         _token_end(head, body, hist, tok)
         out_bits[i] = bits
 
 
 @njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
-def _encode_block(head, body, hist, p_block, toks, cst, out):
+def _encode_block(head, body, mem, hist, p_block, toks, cst, out):
     """Code toks[i] with LM vector p_block[i]; returns bytes written to out (spec 5.2)."""
     B = head[H_B]
     pos = 0
@@ -254,7 +253,7 @@ def _encode_block(head, body, hist, p_block, toks, cst, out):
         _token_begin(head, body, hist, p_block[i])
         tok = toks[i]
         while head[H_D] < B:
-            pf = _bit_predict(head, body, hist)
+            pf = _bit_predict(head, body, mem, hist)
             if pf < 0:
                 head[H_NODE] *= 2
                 head[H_D] += 1
@@ -264,13 +263,13 @@ def _encode_block(head, body, hist, p_block, toks, cst, out):
                 pos = enc_put(cst, out, pos, PONE - pf, pf, 16)
             else:
                 pos = enc_put(cst, out, pos, 0, PONE - pf, 16)
-            _bit_update(head, body, bit)
+            _bit_update(head, body, mem, bit)
         _token_end(head, body, hist, tok)
     return pos
 
 
 @njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
-def mix_decode_token(head, body, hist, cst, data, p):
+def mix_decode_token(head, body, mem, hist, cst, data, p):
     """Decode one token given the LM vector p (int64[V]); callable from other numba loops.
 
     The caller guarantees head[H_N] < len(hist) (at most max_tokens tokens per chunk).
@@ -278,7 +277,7 @@ def mix_decode_token(head, body, hist, cst, data, p):
     B = head[H_B]
     _token_begin(head, body, hist, p)
     while head[H_D] < B:
-        pf = _bit_predict(head, body, hist)
+        pf = _bit_predict(head, body, mem, hist)
         if pf < 0:
             head[H_NODE] *= 2
             head[H_D] += 1
@@ -289,7 +288,7 @@ def mix_decode_token(head, body, hist, cst, data, p):
         else:
             dec_advance(cst, data, 0, PONE - pf, 16)
             bit = 0
-        _bit_update(head, body, bit)
+        _bit_update(head, body, mem, bit)
     tok = head[H_NODE] - (1 << B)
     _token_end(head, body, hist, tok)
     return tok
@@ -311,9 +310,9 @@ def mix_cost_bits(p_all, tokens, params: MixerParams) -> np.ndarray:
     """Ideal bits of each token under the mixer (float64[N]); sum ~= 8 * len(mix_encode(...))."""
     V = int(np.shape(p_all)[1])
     p_all, tokens = _check_inputs(p_all, tokens, V)
-    head, body, hist = _new_state(params, V, len(tokens))
+    head, body, mem, hist = _new_state(params, V, len(tokens))
     out = np.zeros(len(tokens), np.float64)
-    _cost_block(head, body, hist, p_all, tokens, out)
+    _cost_block(head, body, mem, hist, p_all, tokens, out)
     return out
 
 
@@ -322,7 +321,7 @@ class MixEncoder:
 
     def __init__(self, params: MixerParams, V: int, max_tokens: int):
         self.V = V
-        self.head, self.body, self.hist = _new_state(params, V, max_tokens)
+        self.head, self.body, self.mem, self.hist = _new_state(params, V, max_tokens)
         self.cst = enc_new()
         # one output buffer for the whole chunk: enc_put at P = 16 writes at most 2 bytes per
         # binary decision (B per token), the flush 7. Per-block buffers kept as many small bytes
@@ -335,7 +334,7 @@ class MixEncoder:
         if self.head[H_N] + len(tokens) > self.head[H_MAXTOK]:
             raise ValueError("more tokens than max_tokens")
         out = self.out[self.pos :]
-        self.pos += _encode_block(self.head, self.body, self.hist, p_block, tokens, self.cst, out)
+        self.pos += _encode_block(self.head, self.body, self.mem, self.hist, p_block, tokens, self.cst, out)
 
     def finish(self) -> bytes:
         self.pos = enc_finish(self.cst, self.out, self.pos)
@@ -347,14 +346,14 @@ class MixDecoder:
 
     def __init__(self, payload: bytes, params: MixerParams, V: int, max_tokens: int):
         self.V = V
-        self.head, self.body, self.hist = _new_state(params, V, max_tokens)
+        self.head, self.body, self.mem, self.hist = _new_state(params, V, max_tokens)
         self.data = np.frombuffer(bytes(payload), np.uint8)
         self.cst = dec_new(self.data)
 
     @property
     def arrays(self):
-        """(head, body, hist, cst, data): the arguments of mix_decode_token before p."""
-        return self.head, self.body, self.hist, self.cst, self.data
+        """(head, body, mem, hist, cst, data): the arguments of mix_decode_token before p."""
+        return self.head, self.body, self.mem, self.hist, self.cst, self.data
 
     def next(self, p) -> int:
         if self.head[H_N] >= self.head[H_MAXTOK]:

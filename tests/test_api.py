@@ -135,6 +135,25 @@ def test_auto_chunk_size_rule():
     assert api.CodingOptions(chunk_size=8192).chunk_bytes(10**9) == 8192  # explicit wins
 
 
+def test_mixer_memory_follows_the_chunk_length(lm, monkeypatch):
+    bits = {n: api.mixer_params(n).hash_bits for n in (0, 3000, 100_000, 359_784, 1 << 20, 10**9)}
+    assert bits == {0: 16, 3000: 16, 100_000: 19, 359_784: 21, 1 << 20: 22, 10**9: 22}
+    assert api.mixer_params(1 << 20).memory_bytes(0) < 150_000_000
+    data = read_corpus("lee_news.txt.zst", 6000)
+    out = io.BytesIO()
+    api.compress_stream(io.BytesIO(data), out, lm, api.CodingOptions(threads=1, chunk_size=1024))
+    h = stream.StreamReader(io.BytesIO(out.getvalue())).header
+    assert MixerParams.from_bytes(h.mixer).hash_bits == 16  # pipe: 1024-byte chunks -> 2^16
+    # a decoding worker holds at most DECODE_MIXER_BUDGET of mixer state: fewer streams per
+    # batch, the same bytes
+    monkeypatch.setattr(api, "DECODE_MIXER_BUDGET", 3 * MixerParams.from_bytes(h.mixer)
+                        .memory_bytes(0))  # fmt: skip
+    dec = io.BytesIO()
+    api.decompress_stream(io.BytesIO(out.getvalue()), dec.write, lm,
+                          api.CodingOptions(threads=1, batch_size=16))  # fmt: skip
+    assert dec.getvalue() == data
+
+
 def test_auto_chunk_size_follows_the_file_size_not_the_reader(lm, tmp_path, monkeypatch):
     # scaled-down rule (1 KiB .. 4 KiB, 512-byte steps) so that a tiny model codes it fast
     monkeypatch.setattr(api, "DEFAULT_CHUNK_SIZE", 1024)

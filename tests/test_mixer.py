@@ -96,7 +96,7 @@ def test_determinism_and_interleaved_decoders():
 
 
 def test_golden_payload():
-    """Pins the bitstream of mixer version 2 (format_spec/mixer.md, section 8)."""
+    """Pins the bitstream of mixer version 3 (format_spec/mixer.md, section 8)."""
     rng = np.random.default_rng(12345)
     V, n = 1024, 400
     p = lm_vectors(rng, n, V, "random")
@@ -107,7 +107,7 @@ def test_golden_payload():
 
 
 GOLDEN_LEN = 151
-GOLDEN_SHA256 = "c0276476b547d3d757f3c490a38796c262a3b4a908b0bf13db1e99510bab5569"
+GOLDEN_SHA256 = "5cdb88ed8bb0fcde9eaf401b8932c035e6105c0ca5c2707a2c1e75b5d477b61b"
 
 
 def test_extreme_vocab_sizes():
@@ -140,17 +140,20 @@ def test_corrupt_payload_decodes_in_range():
 
 
 def test_params_round_trip_and_rejects():
-    prm = MixerParams(orders=(1, 3, 7), hash_bits=12, limit=100, match_min=6, lr=3)
+    prm = MixerParams(orders=(1, 3, 7), hash_bits=12, limit=9, match_min=6, lr=3)
     b = prm.to_bytes()
-    assert len(b) <= 64 and b[0] == 2
+    assert len(b) <= 64 and b[0] == 3
     assert MixerParams.from_bytes(b) == prm
     assert MixerParams.from_bytes(MixerParams().to_bytes()) == MixerParams()
-    for v in (0, 1, 3, 255):  # version 1 streams (and unknown versions) are refused, not decoded
+    for v in (0, 1, 2, 4, 255):  # older streams (and unknown versions) are refused, not decoded
         with pytest.raises(VersionError, match="mixer version"):
             MixerParams.from_bytes(bytes([v]) + b[1:])
     v1_default = bytes.fromhex("0105010203040600000014ff00041208050e")  # version 1 default params
     with pytest.raises(VersionError, match="mixer version 1"):
         MixerParams.from_bytes(v1_default)
+    v2_default = bytes.fromhex("02080001020304062229143c0003120e050e")  # version 2 default params
+    with pytest.raises(VersionError, match="mixer version 2"):
+        MixerParams.from_bytes(v2_default)
     with pytest.raises(FormatError):
         MixerParams.from_bytes(b[:-1])
     with pytest.raises(FormatError):
@@ -167,11 +170,11 @@ def test_params_round_trip_and_rejects():
 def test_memory_bound():
     for hb in (10, 16):
         prm = MixerParams(hash_bits=hb, match_bits=12, apm2_bits=8)
-        _head, body, hist = _new_state(prm, 1024, 5000)
-        assert body.nbytes + hist.nbytes == prm.memory_bytes(5000)
+        _head, body, mem, hist = _new_state(prm, 1024, 5000)
+        assert body.nbytes + mem.nbytes + hist.nbytes == prm.memory_bytes(5000)
         # buckets + match table + APM2 + history + fixed tables (stretch 256 KiB, APM1 784 KiB,
         # weights 112 KiB, SSE 2 x 3.1 MiB, indirect 768 KiB)
-        bound = (64 << hb) + (4 << 12) + (196 << 8) + 4 * 5000 + 1_300_000 + 7_300_000
+        bound = (32 << hb) + (4 << 12) + (196 << 8) + 4 * 5000 + 1_300_000 + 7_300_000
         assert prm.memory_bytes(5000) <= bound
     with pytest.raises(ValueError):
         MixEncoder(SMALL, 10, 3).feed(np.ones((4, 10), np.int64), np.zeros(4, np.int32))
@@ -201,7 +204,7 @@ def _reference_cost(p_all, toks, prm):
         while j <= squash(x) and j < 65536:
             st[j] = x
             j += 1
-    rate = [131072 // (2 * n + 3) for n in range(512)]
+    rate = [131072 // (2 * n + 3) for n in range(16)]
 
     def hstep(h, x):
         return ((h + x + 1) * M1) & MASK
@@ -214,7 +217,7 @@ def _reference_cost(p_all, toks, prm):
     V = p_all.shape[1]
     B = max(1, (V - 1).bit_length())
     nm = len(prm.orders)
-    init = (1 << 21) << 9
+    init = 2048 << 4
     nb = 1 << prm.hash_bits
     tags, ents = [0] * nb, [[init] * 16 for _ in range(nb)]
     W = [[65536] + [(65536 * 80 // 64) // max(1, nm)] * nm + [32768, 0, 0, 0] for _ in range(2205)]
@@ -231,13 +234,12 @@ def _reference_cost(p_all, toks, prm):
     costs = []
 
     def find(h):
-        tag = (((h * M1) & MASK) >> 16) + 1
-        i0 = h & (nb - 1)
-        i1 = i0 ^ 1
-        for i in (i0, i1):
+        tag = ((((h * M1) & MASK) >> 16) % 65535) + 1
+        cands = [(h & (nb - 1)) ^ w for w in range(4)]
+        for i in cands:
             if tags[i] == tag:
                 return i
-        i = i1 if (ents[i1][1] & 511) < (ents[i0][1] & 511) else i0
+        i = min(cands, key=lambda b: ents[b][1] & 15)  # the earliest of the least counted
         tags[i] = tag
         ents[i] = [init] * 16
         return i
@@ -289,8 +291,8 @@ def _reference_cost(p_all, toks, prm):
             known = 0
             for m in range(nm):
                 e = ents[base[m]][jn]
-                x.append(st[e >> 15])
-                if e & 511:
+                x.append(st[(e >> 4) << 4])
+                if e & 15:
                     known = m + 1
             ms, si = 0, -1
             if E is not None and (E >> sh) == pre:
@@ -346,9 +348,9 @@ def _reference_cost(p_all, toks, prm):
             ]
             for m in range(nm):
                 e = ents[base[m]][jn]
-                pp, c = e >> 9, e & 511
-                pp += (((y << 22) - pp) * rate[c]) >> 16
-                ents[base[m]][jn] = (pp << 9) | (c + 1 if c < prm.limit else c)
+                pp, c = e >> 4, e & 15
+                pp = min(max(pp + ((((y << 12) - pp) * rate[c] + 32768) >> 16), 1), 4095)
+                ents[base[m]][jn] = (pp << 4) | (c + 1 if c < prm.limit else c)
             if si >= 0:
                 SM[si] += (((1 if y == eb else 0) << 22) - SM[si]) >> 6
             for i in (0, 1):
@@ -396,20 +398,21 @@ def test_spec_reference_implementation_agrees():
         )
 
 
-def test_version_1_stream_is_refused_with_a_version_error(tiny_model_path, monkeypatch):
-    """A file written by a version-1 mixer (params byte 0 = 1) must not decode to garbage."""
+@pytest.mark.parametrize("old", [1, 2])
+def test_older_mixer_stream_is_refused_with_a_version_error(tiny_model_path, monkeypatch, old):
+    """A file written by an older mixer (params byte 0 = 1 or 2) must not decode to garbage."""
     import io
 
     from lmzip import api, mixer
 
     lm = api.load_model(tiny_model_path)
     raw = b"The mixer version is checked before any payload is decoded. " * 20
-    monkeypatch.setattr(mixer, "MIXER_VERSION", 1)  # a writer of mixer version 1
+    monkeypatch.setattr(mixer, "MIXER_VERSION", old)  # a writer of an older mixer version
     buf = io.BytesIO()
     api.compress_stream(io.BytesIO(raw), buf, lm, api.CodingOptions(threads=1))
-    monkeypatch.setattr(mixer, "MIXER_VERSION", 2)
+    monkeypatch.undo()  # this build's mixer version again
     out = []
-    with pytest.raises(VersionError, match="mixer version 1 is not supported"):
+    with pytest.raises(VersionError, match=f"mixer version {old} is not supported"):
         api.decompress_stream(io.BytesIO(buf.getvalue()), out.append, lm,
                               api.CodingOptions(threads=1))  # fmt: skip
     assert out == []
