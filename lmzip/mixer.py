@@ -144,7 +144,9 @@ class MixerParams:
         if len(b) < 1:
             raise FormatError("mixer params: empty")
         if b[0] != MIXER_VERSION:
-            raise VersionError(f"mixer version {b[0]} is not supported (this build: {MIXER_VERSION})")
+            raise VersionError(
+                f"mixer version {b[0]} is not supported (this build: {MIXER_VERSION})"
+            )
         if len(b) != struct.calcsize(_PARAMS_FMT):
             raise FormatError(f"mixer params: {len(b)} bytes, expected 18")
         v = struct.unpack(_PARAMS_FMT, b)
@@ -334,7 +336,9 @@ class MixEncoder:
         if self.head[H_N] + len(tokens) > self.head[H_MAXTOK]:
             raise ValueError("more tokens than max_tokens")
         out = self.out[self.pos :]
-        self.pos += _encode_block(self.head, self.body, self.mem, self.hist, p_block, tokens, self.cst, out)
+        self.pos += _encode_block(
+            self.head, self.body, self.mem, self.hist, p_block, tokens, self.cst, out
+        )
 
     def finish(self) -> bytes:
         self.pos = enc_finish(self.cst, self.out, self.pos)

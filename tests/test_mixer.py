@@ -250,6 +250,7 @@ def _reference_cost(p_all, toks, prm):
         for v in p:
             S.append(S[-1] + v)
         tokf = lambda j: t[j] if j >= 0 else 65536
+
         def ctxq(q):
             g = 0
             for j in range(1, q + 1):
