@@ -130,10 +130,11 @@ FORWARD_WINDOWS = 4
 
 
 # Mixer memory follows the data: the hashed context models get 2^hash_bits buckets of 32 bytes,
-# 64 to 128 bytes per input byte of the largest chunk, between 2^16 (2 MiB, small inputs start
-# fast) and 2^22 (128 MiB per chunk: a 2.5 MB chunk of shakespeare codes 0.3 % smaller with
-# 2^22 than with 2^21, benchmarks/results/mixer-2026-11-24-v3.md). The choice depends on the
-# input size only, and the decoder reads it from the header.
+# 128 to 256 bytes per input byte of the largest chunk, between 2^16 (2 MiB, small inputs
+# start fast) and 2^22 (128 MiB per chunk: the first 2.5 MB of shakespeare code 0.3 % smaller
+# with 2^22 than with 2^21, the first 150 kB of lee_news 0.02 % smaller with 2^21 than with
+# 2^20; benchmarks/results/mixer-2026-11-24-v3.md). The choice depends on the input size only,
+# and the decoder reads it from the header.
 MIXER_HASH_BITS = (16, 22)
 # Mixer state a decoding worker keeps at once: a batch holds fewer streams when their hash
 # tables would exceed this (files of 4 MiB chunks: 7 streams of 135 MB instead of 16).
@@ -143,7 +144,7 @@ DECODE_MIXER_BUDGET = 1 << 30
 def mixer_params(chunk_len: int) -> MixerParams:
     """The default mixer parameters for chunks of at most `chunk_len` input bytes."""
     lo, hi = MIXER_HASH_BITS
-    return MixerParams(hash_bits=min(max((max(1, chunk_len) - 1).bit_length() + 2, lo), hi))
+    return MixerParams(hash_bits=min(max((max(1, chunk_len) - 1).bit_length() + 3, lo), hi))
 
 
 def auto_chunk_size(total: int | None) -> int:

@@ -137,7 +137,7 @@ def test_auto_chunk_size_rule():
 
 def test_mixer_memory_follows_the_chunk_length(lm, monkeypatch):
     bits = {n: api.mixer_params(n).hash_bits for n in (0, 3000, 100_000, 359_784, 1 << 20, 10**9)}
-    assert bits == {0: 16, 3000: 16, 100_000: 19, 359_784: 21, 1 << 20: 22, 10**9: 22}
+    assert bits == {0: 16, 3000: 16, 100_000: 20, 359_784: 22, 1 << 20: 22, 10**9: 22}
     assert api.mixer_params(1 << 20).memory_bytes(0) < 150_000_000
     data = read_corpus("lee_news.txt.zst", 6000)
     out = io.BytesIO()
