@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit
 
 from lmzip import coder, container, rowops, stream
 from lmzip.engine import Engine
@@ -352,12 +353,76 @@ class _Stream:
             self.st = coder.dec_new(self.data)
 
 
+# One stream (a one-chunk file, or one chunk per worker) decodes in compiled slices of tokens:
+# step, probabilities, and the mixer or table decoder, without a Python round trip per token
+# (about 20 us of the ~220 us a token took). Slices keep Ctrl-C and progress responsive.
+DECODE_SLICE = 256
+
+
+@njit(cache=True, inline="always")
+def _next_row(io, step_args, kc, vc, step_tail):
+    capped = rowops.step_all(io[0:1], io[1:2], *step_args, kc, vc, *step_tail)
+    return rowops.probs_rows(capped, step_tail[4], step_tail[5], step_tail[6])[0]
+
+
+@njit(cache=True, inline="always")
+def _advance(io, out, tok, seg, bos):
+    """Record tok and set the next step's input (a new LM window after every seg tokens)."""
+    done = io[2]
+    out[done] = tok
+    done += 1
+    io[2] = done
+    if done % seg == 0:
+        io[0], io[1] = bos, 0
+    else:
+        io[0], io[1] = tok, done % seg
+
+
+@njit(cache=True, nogil=True)
+def _decode_slice_mixed(count, io, out, seg, bos, step_args, kc, vc, step_tail, head, body, mem,
+                        hist, cst, data):  # fmt: skip
+    for _ in range(count):
+        p = _next_row(io, step_args, kc, vc, step_tail)
+        _advance(io, out, mix_decode_token(head, body, mem, hist, cst, data, p), seg, bos)
+
+
+@njit(cache=True, nogil=True)
+def _decode_slice_lm(count, io, out, seg, bos, step_args, kc, vc, step_tail, precision, st, data,
+                     freq, work):  # fmt: skip
+    for _ in range(count):
+        p = _next_row(io, step_args, kc, vc, step_tail)
+        _advance(io, out, rowops.decode_lm_row(p, precision, st, data, freq, work), seg, bos)
+
+
+def _decode_single(model: LoadedModel, s: _Stream, precision: int) -> None:
+    """Decode stream s alone with the compiled slices (engine.step_np's fused path)."""
+    eng = model.engine
+    state = eng.new_state(1)
+    step_args, step_tail = eng.step_all_args()
+    io = np.array([model.tokenizer.bos_id, 0, 0], np.int64)  # next input token, its position, done
+    seg = eng.window - 1
+    freq, work = np.empty(eng.vocab_size, np.int64), np.empty(eng.vocab_size + 1, np.uint64)
+    while io[2] < s.n:
+        count = min(DECODE_SLICE, s.n - int(io[2]))
+        common = (count, io, s.tokens, seg, model.tokenizer.bos_id, step_args, state.k_np,
+                  state.v_np, step_tail)  # fmt: skip
+        if s.mix is not None:  # at most n tokens, the decoder's max_tokens: next()'s checks hold
+            _decode_slice_mixed(*common, *s.mix.arrays)
+        else:
+            _decode_slice_lm(*common, precision, s.st, s.data, freq, work)
+    s.done = s.n
+
+
 def decode_chunks(
     model: LoadedModel, items: list, precision: int, mixer: MixerParams | None
 ) -> list[bytes]:
     """Decode the coded chunks `items` [(record, payload)] as one batch of streams."""
     eng, bos = model.engine, model.tokenizer.bos_id
     streams = [_Stream(r, p, mixer, eng.vocab_size) for r, p in items]
+    live = [s for s in streams if s.n > 0]
+    if len(live) == 1 and eng.step_all_ok():
+        _decode_single(model, live[0], precision)
+        return [model.tokenizer.decode(s.tokens) for s in streams]
     b, seg = len(streams), eng.window - 1
     state = eng.new_state(b)
     # the step reads these numpy arrays through zero-copy tensors; the loop writes them in place

@@ -412,6 +412,15 @@ class Engine:
                            k_np=k_all.numpy() if cpu else None,
                            v_np=v_all.numpy() if cpu else None)  # fmt: skip
 
+    def step_all_ok(self) -> bool:
+        """Whether a step of one stream is one compiled call (rowops.step_all; CPU, fused)."""
+        return self._stacked is not None and self.device.type == "cpu"
+
+    def step_all_args(self) -> tuple:
+        """(args, tail): rowops.step_all(tokens, pos, *args, k_np, v_np, *tail) is one step."""
+        args, tail = self._stacked
+        return tuple(args), tuple(tail)
+
     def step_np(self, state: DecodeState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """`step` on int64 numpy arrays (the decoding loop's): where the whole step is one compiled
         call (fused CPU engine, B <= STEP_ALL_MAX_B) it is called directly, without torch's

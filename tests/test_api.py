@@ -51,6 +51,29 @@ def test_batch_size_and_threads_do_not_change_bytes(lm):
     assert a == b
 
 
+@pytest.mark.parametrize("lm_only", [False, True])
+def test_single_stream_slices_and_batched_loop_agree(lm, monkeypatch, lm_only):
+    """A lone stream decodes in compiled slices (api._decode_single), a batch in the Python
+    loop; both must give the input back, across LM windows and slice boundaries."""
+    assert lm.engine.step_all_ok()
+    monkeypatch.setattr(api, "DECODE_SLICE", 7)  # slices end inside windows, never aligned
+    data = read_corpus("lee_news.txt.zst", 7000)
+    buf = io.BytesIO()
+    api.compress_stream(io.BytesIO(data), buf, lm,
+                        api.CodingOptions(threads=1, chunk_size=2048, lm_only=lm_only))  # fmt: skip
+    calls = []
+    single = api._decode_single
+    monkeypatch.setattr(api, "_decode_single", lambda *a: calls.append(1) or single(*a))
+    for batch in (1, 4):
+        out = io.BytesIO()
+        api.decompress_stream(io.BytesIO(buf.getvalue()), out.write, lm,
+                              api.CodingOptions(threads=1, batch_size=batch))  # fmt: skip
+        assert out.getvalue() == data
+        n_single = len(calls)
+        calls.clear()
+        assert n_single == (4 if batch == 1 else 0)  # 4 chunks: one at a time, or one batch
+
+
 @pytest.mark.parametrize("data", [b"", b"x", b"\x00", b"\xff\xfe\xfd", TEXT])
 def test_small_inputs(lm, data):
     _roundtrip(lm, data, api.CodingOptions(threads=1))
