@@ -296,7 +296,8 @@ class Engine:
     def _qk(self, y: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """[N, n*E] Q12 at positions pos [N] -> QK-normed, rotated int8 [N, n, E] (scale 1/16)."""
         if self.fused:
-            out = rowops.qk_rows(y.numpy(), pos.numpy(), self.cos_np, self.sin_np, self.sqe, self.e)
+            kernel = rowops.qk_rows_par if y.size(0) > SMALL_M else rowops.qk_rows
+            out = kernel(y.numpy(), pos.numpy(), self.cos_np, self.sin_np, self.sqe, self.e)
             return torch.from_numpy(out)
         y = y.clamp(-QK_MAX, QK_MAX).view(y.size(0), -1, self.e)
         r = isqrt((y * y).sum(dim=-1, keepdim=True))
@@ -363,7 +364,9 @@ class Engine:
             a, s = self._normquant(x)
             hid = lay["mlp.up"](a, s, 12, H_MAX, fu)
             if fu:
-                a, s = (torch.from_numpy(t) for t in rowops.relu2_absquant(hid.numpy(), 0, AQ))
+                big = hid.size(0) > SMALL_M
+                kernel = rowops.relu2_absquant_par if big else rowops.relu2_absquant
+                a, s = (torch.from_numpy(t) for t in kernel(hid.numpy(), 0, AQ))
             else:
                 hid = hid.clamp(min=0)
                 a, s = self._absquant(hid * hid, 24)

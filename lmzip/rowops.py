@@ -278,15 +278,15 @@ def rescale(acc, a_scale, ws, shift, lo, hi):
     return out
 
 
-@njit(cache=True)
-def qk_rows(y, pos, cos, sin, sqe, e):
-    """[N, n*E] Q12 rows at positions pos [N] -> QK-normed, rotated int8 [N, n, E]."""
-    n, w = y.shape
-    heads = w // e
+ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels below
+
+
+@njit(cache=True, inline="always")
+def _qk_block(y, pos, cos, sin, sqe, e, out, r0, r1):
+    heads = y.shape[1] // e
     half = e // 2
     lim = (1 << 24) - 1
-    out = np.empty((n, heads, e), np.int8)
-    for r in prange(n):
+    for r in range(r0, r1):
         p = pos[r]
         for h in range(heads):
             base = h * e
@@ -305,10 +305,27 @@ def qk_rows(y, pos, cos, sin, sqe, e):
                     n1 = _rdiv_inv(v1 * sqe, d2, inv2)
                     n2 = _rdiv_inv(v2 * sqe, d2, inv2)
                 cc, sn = cos[p, c], sin[p, c]
-                r1 = _rs(_rs(n1 * cc + n2 * sn, 30), 8)
-                r2 = _rs(_rs(n2 * cc - n1 * sn, 30), 8)
-                out[r, h, c] = min(max(r1, -127), 127)
-                out[r, h, c + half] = min(max(r2, -127), 127)
+                r1_ = _rs(_rs(n1 * cc + n2 * sn, 30), 8)
+                r2_ = _rs(_rs(n2 * cc - n1 * sn, 30), 8)
+                out[r, h, c] = min(max(r1_, -127), 127)
+                out[r, h, c + half] = min(max(r2_, -127), 127)
+
+
+@njit(cache=True)
+def qk_rows(y, pos, cos, sin, sqe, e):
+    """[N, n*E] Q12 rows at positions pos [N] -> QK-normed, rotated int8 [N, n, E]."""
+    out = np.empty((y.shape[0], y.shape[1] // e, e), np.int8)
+    _qk_block(y, pos, cos, sin, sqe, e, out, 0, y.shape[0])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def qk_rows_par(y, pos, cos, sin, sqe, e):
+    """qk_rows with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
+    n = y.shape[0]
+    out = np.empty((n, y.shape[1] // e, e), np.int8)
+    for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        _qk_block(y, pos, cos, sin, sqe, e, out, b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK))
     return out
 
 
@@ -322,37 +339,67 @@ def _exp30(x, tn, ta, tb):
     return _rs(v * tb[x & 255], 30)
 
 
-@njit(cache=True)
-def softcap_rows(logits, cap, tn, ta, tb):
-    """Q16 logits [N, V] -> cap * tanh(l / cap) in Q16 (numerics.md section 6)."""
-    n, v = logits.shape
-    out = np.empty((n, v), np.int64)
-    if cap <= 0:  # no cap (the callers skip this kernel then)
-        return logits.copy()
+@njit(cache=True, inline="always")
+def _softcap_block(logits, cap, tn, ta, tb, out, r0, r1):
     one = np.int64(1) << 30
     inv_cap = 1.0 / np.float64(cap)
-    for r in prange(n):
-        for c in range(v):
+    for r in range(r0, r1):
+        for c in range(logits.shape[1]):
             lv = logits[r, c]
             y = -lv if lv < 0 else lv
             e = _exp30(_fdiv(2 * y, cap, inv_cap), tn, ta, tb)
             t = ((one - e) << 30) // (one + e)
             mag = _rs(cap * t, 14)
             out[r, c] = -mag if lv < 0 else mag
+
+
+@njit(cache=True)
+def softcap_rows(logits, cap, tn, ta, tb):
+    """Q16 logits [N, V] -> cap * tanh(l / cap) in Q16 (numerics.md section 6)."""
+    if cap <= 0:  # no cap (the callers skip this kernel then)
+        return logits.copy()
+    out = np.empty(logits.shape, np.int64)
+    _softcap_block(logits, cap, tn, ta, tb, out, 0, logits.shape[0])
     return out
+
+
+@njit(cache=True, parallel=True)
+def softcap_rows_par(logits, cap, tn, ta, tb):
+    """softcap_rows with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
+    if cap <= 0:
+        return logits.copy()
+    n = logits.shape[0]
+    out = np.empty(logits.shape, np.int64)
+    for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        _softcap_block(logits, cap, tn, ta, tb, out, b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK))
+    return out
+
+
+@njit(cache=True, inline="always")
+def _probs_block(capped, tn, ta, tb, out, r0, r1):
+    for r in range(r0, r1):
+        m = capped[r, 0]
+        for c in range(capped.shape[1]):
+            m = max(m, capped[r, c])
+        for c in range(capped.shape[1]):
+            out[r, c] = _exp30(m - capped[r, c], tn, ta, tb)
 
 
 @njit(cache=True)
 def probs_rows(capped, tn, ta, tb):
     """Capped Q16 logits [N, V] -> Q30 probabilities exp30(max - capped)."""
-    n, v = capped.shape
-    out = np.empty((n, v), np.int64)
-    for r in prange(n):
-        m = capped[r, 0]
-        for c in range(v):
-            m = max(m, capped[r, c])
-        for c in range(v):
-            out[r, c] = _exp30(m - capped[r, c], tn, ta, tb)
+    out = np.empty(capped.shape, np.int64)
+    _probs_block(capped, tn, ta, tb, out, 0, capped.shape[0])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def probs_rows_par(capped, tn, ta, tb):
+    """probs_rows with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
+    n = capped.shape[0]
+    out = np.empty(capped.shape, np.int64)
+    for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        _probs_block(capped, tn, ta, tb, out, b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK))
     return out
 
 
@@ -431,11 +478,39 @@ def add_clamp(x, y, lim):
     return out
 
 
+@njit(cache=True, inline="always")
+def _relu2_block(h, shift, aq, a, scale, r0, r1):
+    row = np.empty(h.shape[1], np.int64)
+    for r in range(r0, r1):
+        amax = np.int64(0)
+        for c in range(h.shape[1]):
+            v = h[r, c]
+            v = v * v if v > 0 else np.int64(0)
+            row[c] = v
+            if v > amax:
+                amax = v
+        _quant_row(row, amax, aq, a[r])
+        scale[r] = _rdiv(amax << shift, np.int64(aq))
+
+
 @njit(cache=True)
 def relu2_absquant(h, shift, aq):
     """absquant of max(h, 0)^2 (the MLP's hidden activation), without the torch temporaries."""
-    y = np.maximum(h, 0)
-    return absquant(y * y, shift, aq)
+    a = np.empty(h.shape, np.int64)
+    scale = np.empty(h.shape[0], np.int64)
+    _relu2_block(h, shift, aq, a, scale, 0, h.shape[0])
+    return a, scale
+
+
+@njit(cache=True, parallel=True)
+def relu2_absquant_par(h, shift, aq):
+    """relu2_absquant with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
+    n = h.shape[0]
+    a = np.empty(h.shape, np.int64)
+    scale = np.empty(n, np.int64)
+    for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        _relu2_block(h, shift, aq, a, scale, b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK))
+    return a, scale
 
 
 @njit(cache=True)

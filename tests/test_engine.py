@@ -240,6 +240,29 @@ def test_fused_table_functions_equal_reference():
         assert torch.equal(numerics.freq_table(p, prec), numerics.freq_table_reference(p, prec))
 
 
+def test_parallel_row_kernels_equal_serial():
+    """The *_par row kernels (teacher-forced passes) give the serial kernels' integers."""
+    from lmzip import rowops
+
+    rng = np.random.default_rng(5)
+    n = 2 * rowops.ROW_BLOCK + 3  # blocks of unequal length
+    tables = numerics.exp_tables_np()
+    logits = rng.integers(-(60 << 16), 60 << 16, (n, 300))
+    for serial, par, args in (
+        (rowops.softcap_rows, rowops.softcap_rows_par, (logits, 30, *tables)),
+        (rowops.probs_rows, rowops.probs_rows_par, (logits, *tables)),
+        (rowops.relu2_absquant, rowops.relu2_absquant_par, (logits >> 8, 0, 16383)),
+    ):
+        a, b = serial(*args), par(*args)
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            assert np.array_equal(x, y), serial.__name__
+    y = rng.integers(-(1 << 24), 1 << 24, (n, 4 * 16))
+    pos = rng.integers(0, 64, n)
+    ang = rng.integers(-(1 << 30), 1 << 30, (64, 8))
+    args = (y, pos, ang, ang[::-1].copy(), 1 << 12, 16)
+    assert np.array_equal(rowops.qk_rows(*args), rowops.qk_rows_par(*args))
+
+
 @pytest.mark.parametrize("k,qmax", [(1, 127), (7, 31), (192, 31), (1031, 127), (4226, 31)])
 def test_linear_i16_exact_at_the_extremes(k, qmax):
     """rowops.linear_i16 and linear_i16_par (int32 multiply-adds of int16 values; every linear
