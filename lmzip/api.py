@@ -419,9 +419,9 @@ def decode_chunks(
     """Decode the coded chunks `items` [(record, payload)] as one batch of streams."""
     eng, bos = model.engine, model.tokenizer.bos_id
     streams = [_Stream(r, p, mixer, eng.vocab_size) for r, p in items]
-    live = [s for s in streams if s.n > 0]
+    live = [i for i, s in enumerate(streams) if s.n > 0]
     if len(live) == 1 and eng.step_all_ok():
-        _decode_single(model, live[0], precision)
+        _decode_single(model, streams[live[0]], precision)
         return [model.tokenizer.decode(s.tokens) for s in streams]
     b, seg = len(streams), eng.window - 1
     state = eng.new_state(b)
@@ -429,7 +429,6 @@ def decode_chunks(
     inp_np, pos_np = np.full(b, bos, np.int64), np.zeros(b, np.int64)
     freq, work = np.empty(eng.vocab_size, np.int64), np.empty(eng.vocab_size + 1, np.uint64)
     tables = exp_tables_np()
-    live = [i for i, s in enumerate(streams) if s.n > 0]
     while live:
         capped = eng.step_np(state, inp_np, pos_np)
         pn = rowops.probs_rows(np.ascontiguousarray(capped), *tables)

@@ -43,7 +43,6 @@ V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
 I64_MAX = (1 << 63) - 1
 STEP_ALL_MAX_B = 64  # batches up to which a step runs as one compiled call
-SMALL_M = 16  # rows up to which the fused linear runs on one thread
 SCALE_MAX = 1 << 27  # weight scales must be <= 8 (Q24): |t * WS| < 2^35 * 2^27 < 2^63
 
 
@@ -133,7 +132,7 @@ class _Linear:
         """a [N, K] in [-16383, 16383], a_scale Q24 [N] -> clamp([N, out] in Q(frac), -lim, lim).
         (numerics.md "linear"): two exact int8 products, a = 128 * hi + lo, lo in [0, 127]."""
         if fused and self.w_rows is not None:
-            big = a.size(0) > SMALL_M and parallel_linear_ok()
+            big = a.size(0) > rowops.PAR_ROWS and parallel_linear_ok()
             kernel = rowops.linear_i16_par if big else rowops.linear_i16
             out = kernel(a.numpy(), self.w_rows, a_scale.numpy(), self.ws_np, 32 - frac, -lim, lim)
             return torch.from_numpy(out)
@@ -250,7 +249,7 @@ class Engine:
         args += [gains, skip, self.cos_np, self.sin_np, self.att_np]
         tail = (self.sqd, self.sqe, self.e, self.cfg.logit_softcap, *exp_tables_np(),
                 np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))
-        return args, tail
+        return tuple(args), tail
 
     # -- tables (numerics.md "RoPE") ------------------------------------------------------------
     def _rope_tables(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +295,7 @@ class Engine:
     def _qk(self, y: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """[N, n*E] Q12 at positions pos [N] -> QK-normed, rotated int8 [N, n, E] (scale 1/16)."""
         if self.fused:
-            kernel = rowops.qk_rows_par if y.size(0) > SMALL_M else rowops.qk_rows
+            kernel = rowops.qk_rows_par if y.size(0) > rowops.PAR_ROWS else rowops.qk_rows
             out = kernel(y.numpy(), pos.numpy(), self.cos_np, self.sin_np, self.sqe, self.e)
             return torch.from_numpy(out)
         y = y.clamp(-QK_MAX, QK_MAX).view(y.size(0), -1, self.e)
@@ -364,7 +363,7 @@ class Engine:
             a, s = self._normquant(x)
             hid = lay["mlp.up"](a, s, 12, H_MAX, fu)
             if fu:
-                big = hid.size(0) > SMALL_M
+                big = hid.size(0) > rowops.PAR_ROWS
                 kernel = rowops.relu2_absquant_par if big else rowops.relu2_absquant
                 a, s = (torch.from_numpy(t) for t in kernel(hid.numpy(), 0, AQ))
             else:
@@ -421,8 +420,7 @@ class Engine:
 
     def step_all_args(self) -> tuple:
         """(args, tail): rowops.step_all(tokens, pos, *args, k_np, v_np, *tail) is one step."""
-        args, tail = self._stacked
-        return tuple(args), tuple(tail)
+        return self._stacked
 
     def step_np(self, state: DecodeState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """`step` on int64 numpy arrays (the decoding loop's): where the whole step is one compiled

@@ -24,7 +24,6 @@ EXP_C1 = 395007542
 EXP_CA = 1069555701
 EXP_CB = 1073725440
 EXP_NMAX = 24  # exp(-x) for x >= 24 nats is 0 in Q30 precision
-PAR_ROWS = 16  # rows above which the CPU row kernels run on numba's threads (same integers)
 ATT_EXP_SIZE = EXP_NMAX * 256  # attention exp table: one entry per 1/256 nat
 
 
@@ -124,7 +123,7 @@ def softcap_q16(logits: torch.Tensor, cap: int) -> torch.Tensor:
         from lmzip import rowops
 
         flat = logits.reshape(-1, logits.size(-1)).contiguous().numpy()
-        kernel = rowops.softcap_rows_par if flat.shape[0] > PAR_ROWS else rowops.softcap_rows
+        kernel = rowops.softcap_rows_par if flat.shape[0] > rowops.PAR_ROWS else rowops.softcap_rows
         out = kernel(flat, cap, *exp_tables_np())
         return torch.from_numpy(out).view(logits.shape)
     return softcap_reference(logits, cap)
@@ -144,7 +143,7 @@ def lm_probs(capped: torch.Tensor) -> torch.Tensor:
         from lmzip import rowops
 
         flat = capped.reshape(-1, capped.size(-1)).contiguous().numpy()
-        kernel = rowops.probs_rows_par if flat.shape[0] > PAR_ROWS else rowops.probs_rows
+        kernel = rowops.probs_rows_par if flat.shape[0] > rowops.PAR_ROWS else rowops.probs_rows
         out = kernel(flat, *exp_tables_np())
         return torch.from_numpy(out).view(capped.shape)
     return lm_probs_reference(capped)

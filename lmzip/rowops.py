@@ -278,6 +278,7 @@ def rescale(acc, a_scale, ws, shift, lo, hi):
     return out
 
 
+PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
 ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels below
 
 
