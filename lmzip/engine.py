@@ -225,7 +225,8 @@ class Engine:
         self.cos, self.sin = self._rope_tables(np.asarray(mf.tensors["rope"].values))
         self.cos_np, self.sin_np = self.cos.cpu().numpy(), self.sin.cpu().numpy()
         self.att_exp = att_exp_table(dev)
-        self.att_np = self.att_exp.cpu().numpy()
+        # the compiled kernels read ATT as float64 (exact: every entry < 2^31; rowops._att_row)
+        self.att_np = self.att_exp.cpu().numpy().astype(np.float64)
         self._stacked = self._stack() if self.fused else None
 
     def _stack(self):

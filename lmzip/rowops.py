@@ -68,34 +68,51 @@ def _epilogue(acc, a_scale, w_scale, shift, lo, hi):
 @njit(cache=True)
 def att_probs(dot, gain, lim, att):
     """dot f32 [N, Tq, Tk] (exact integers), gain int64 [N], lim int64 [N, Tq] (key j allowed
-    iff j <= lim), att int64 table -> Q16 probabilities as float64 [N, Tq, Tk] (0 if masked)."""
+    iff j <= lim), att float64 table (ATT) -> Q16 probabilities as float64 [N, Tq, Tk] (0 if
+    masked)."""
     n, tq, tk = dot.shape
     out = np.zeros((n, tq, tk), np.float64)
     for r in prange(n * tq):
         b, i = r // tq, r % tq
         n_keys = min(lim[b, i], tk - 1) + 1
-        _att_row(dot[b, i], n_keys, gain[b], att, np.empty(n_keys, np.int64), out[b, i])
+        _att_row(dot[b, i], n_keys, gain[b], att, np.empty(n_keys, np.float64), out[b, i])
     return out
 
 
 @njit(cache=True, inline="always")
 def _att_row(dots, n, gh, att, lg, pj):
     """Attention probabilities of one query (numerics.md "Attention"): dots [>= n] exact integer
-    q.k products -> pj[j] = floor(ATT_j * 2^16 / sum ATT) for j < n (lg: int64 [>= n] scratch)."""
+    q.k products -> pj[j] = floor(ATT_j * 2^16 / sum ATT) for j < n (lg: float64 [>= n]
+    scratch; att: the ATT table as float64).
+
+    Every value is an integer below 2^53, so float64 holds it exactly and each step below is
+    the spec's integer operation, in a form the compiler vectorizes: |dot| < 2^22 and |G| <= 2^30
+    make dot * G exact, and rs(v, 16) = floor((v + 2^15) * 2^-16) (scaling by a power of two is
+    exact); d >> 8 = floor(d * 2^-8) for d >= 0; sum ATT <= 2^20 * 2^30. The quotient q of
+    w * 2^16 (< 2^46) by s is estimated from 1 / s within 2^-36 of the true value (< 2^16), so
+    one correction each way makes it floor exactly, and q * s, (q + 1) * s < 2^46 + 2 s < 2^53
+    are exact too."""
     last = att.shape[0] - 1
-    m = np.int64(-(1 << 62))
+    g = np.float64(gh)
+    m = -np.inf
     for j in range(n):
-        v = _rs(np.int64(dots[j]) * gh, 16)
+        v = np.floor((np.float64(dots[j]) * g + 32768.0) * (1.0 / 65536.0))
         lg[j] = v
         m = max(m, v)
-    s = np.int64(0)
+    s = 0.0
     for j in range(n):
-        w = att[min((m - lg[j]) >> 8, last)]
+        w = att[min(np.int64((m - lg[j]) * (1.0 / 256.0)), last)]
         lg[j] = w
         s += w
-    inv = 1.0 / np.float64(s)
+    inv = 1.0 / s
     for j in range(n):
-        pj[j] = np.float64(_fdiv(lg[j] << 16, s, inv))
+        num = lg[j] * 65536.0
+        q = np.floor(num * inv)
+        if q * s > num:
+            q -= 1.0
+        if (q + 1.0) * s <= num:
+            q += 1.0
+        pj[j] = q
 
 
 @njit(cache=True, inline="always")
@@ -604,7 +621,7 @@ def attend_fwd(q, k, v, t_n, gain, att):
         keys_t = np.empty((e, t_n), np.float32)
         vals_t = np.empty((e, t_n), np.float64)
         dots = np.empty(t_n, np.float32)
-        lg = np.empty(t_n, np.int64)
+        lg = np.empty(t_n, np.float64)
         pj = np.empty(t_n, np.float64)
         acc = np.empty(e, np.float64)
         qf = np.empty(e, np.float32)
@@ -644,7 +661,7 @@ def attend_step(q, kc, vc, pos, gain, att):
     w_n = kc.shape[3]
     out = np.empty((b_n, h_n * e), np.int64)
     dots = np.empty(w_n, np.float32)
-    lg = np.empty(w_n, np.int64)
+    lg = np.empty(w_n, np.float64)
     pj = np.empty(w_n, np.float64)
     acc = np.empty(e, np.float64)
     qf = np.empty(e, np.float32)
