@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="timed runs per file for lmzip (default: --runs); lmzip is slow")  # fmt: skip
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results dir")
     p.add_argument("--quick", action="store_true", help=f"1 run, first {QUICK_BYTES:,} bytes only")
+    p.add_argument("--stem", default="compare",
+                   help="result file names: STEM-YYYY-MM-DD.* (heldout.py's texts: heldout)")  # fmt: skip
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be >= 1")
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [dataclasses.asdict(r) for r in rows],
     }
     ref_md = "" if args.quick else reference_table(rows, reference_bpb(CORPORA / "README.md"))
-    stem = f"compare-{date}" + ("-quick" if args.quick else "")
+    stem = f"{args.stem}-{date}" + ("-quick" if args.quick else "")
     paths = write_results(report, rows, args.out, stem, ref_md)
     print(markdown_tables(rows, {c: model_bytes for c in lm_rows}))
     for p in paths:
