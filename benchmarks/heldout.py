@@ -52,9 +52,10 @@ def fetch(dest: Path) -> list[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "-q", "-d", tmp, SDIST]  # fmt: skip
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if r.returncode != 0:
-            sys.exit(f"heldout: pip download {SDIST} failed: {r.stderr.strip().splitlines()[-1:]}")
+            last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+            sys.exit(f"heldout: pip download {SDIST} failed: {last}")
         with tarfile.open(Path(tmp) / ARCHIVE) as tar:
             for name, want in TEXTS.items():
                 data = tar.extractfile(MEMBER + name).read()

@@ -265,13 +265,13 @@ PARAMS = stream.StreamParams(MODEL_ID, 1, 16, 16, 1024, b"mix-v1", 0)
 TEXT = b"Hello, lmzip!\nThe quick brown fox jumps over the lazy dog.\n"
 
 
-def write_stream(chunks: list[tuple[int, bytes, int, bytes]], params=PARAMS) -> bytes:
-    """chunks: [(method, original bytes, n_tokens, payload)] -> a valid .lmz."""
+def write_stream(chunks: list[tuple], params=PARAMS) -> bytes:
+    """chunks: [(method, original bytes, n_tokens, payload[, transform])] -> a valid .lmz."""
     f, hasher, total = BytesIO(), stream.ContentHasher(), 0
     w = stream.StreamWriter(f, params)
-    for method, data, n_tokens, payload in chunks:
+    for method, data, n_tokens, payload, *tf in chunks:
         rec = stream.ChunkRecord(
-            method, len(data), n_tokens, len(payload), stream.chunk_checksum(data)
+            method, len(data), n_tokens, len(payload), stream.chunk_checksum(data), *tf
         )
         w.add_chunk(rec, payload)
         hasher.update(data)
@@ -303,6 +303,7 @@ def patch_record(blob: bytes, index: int, **fields) -> bytes:
     names = [
         "tag",
         "method",
+        "transform",
         "reserved",
         "raw_size",
         "n_tokens",
@@ -349,6 +350,12 @@ def stream_vectors() -> list[tuple[str, bytes, str, dict]]:
     lm, n = order0_payload(TEXT[16:32])
     coded = write_stream([stored(TEXT)[0], (1, TEXT[16:32], n, lm), (2, TEXT[32:40], 8, lm[:5])])
     empty = write_stream([])
+    # a CRLF chunk (transform 1): its payload codes the LF text TEXT[0:16] with the order-0 table
+    crlf_raw = TEXT[:16].replace(b"\n", b"\r\n")
+    lf_pay, lf_n = order0_payload(TEXT[:16])
+    crlf = write_stream([(1, crlf_raw, lf_n, lf_pay, 1)], stream.StreamParams(**{
+        **PARAMS.__dict__, "chunk_size": 17}))  # fmt: skip
+    v1 = patch_header(ok, format_version=1)  # version 1 files (no transforms) still read
 
     def valid(blob: bytes, content: bytes | None) -> dict:
         d = {"result": "valid", "sha256": sha_json(describe_stream(BytesIO(blob)))}
@@ -369,10 +376,30 @@ def stream_vectors() -> list[tuple[str, bytes, str, dict]]:
         ("stream-valid-stored", ok, "stream.md#4", valid(ok, TEXT)),
         ("stream-valid-empty", empty, "stream.md#4", valid(empty, b"")),
         ("stream-valid-coded", coded, "stream.md#3.2", valid(coded, None)),
+        ("stream-valid-crlf-transform", crlf, "stream.md#3.9", valid(crlf, None)),
+        ("stream-valid-version-1", v1, "stream.md#2.2", valid(v1, TEXT)),
+        (
+            "stream-unknown-transform",
+            patch_record(coded, 1, transform=5),
+            "stream.md#3.9",
+            err("FormatError", "unknown chunk transform"),
+        ),
+        (
+            "stream-stored-transform",
+            patch_record(ok, 0, transform=1),
+            "stream.md#3.9",
+            err("FormatError", "stored chunk with a transform"),
+        ),
+        (
+            "stream-version-1-transform",
+            patch_header(crlf, format_version=1),
+            "stream.md#2.2",
+            err("FormatError", "unknown chunk transform"),
+        ),
         ("stream-bad-magic", b"\x89LMQ" + ok[4:], "stream.md#2.1", err("FormatError", "magic")),
         (
             "stream-unknown-version",
-            patch_header(ok, format_version=2),
+            patch_header(ok, format_version=3),
             "stream.md#2.2",
             err("VersionError", "version"),
         ),
@@ -546,6 +573,7 @@ def stream_segments(blob: bytes) -> list[tuple[str, bytes]]:
     rec_names = [
         "tag",
         "method",
+        "transform",
         "reserved",
         "raw_size",
         "n_tokens",
@@ -554,7 +582,7 @@ def stream_segments(blob: bytes) -> list[tuple[str, bytes]]:
         "payload_checksum",
         "record_checksum",
     ]
-    rec_sizes = [1, 1, 2, 4, 4, 4, 4, 4, 4]
+    rec_sizes = [1, 1, 1, 1, 4, 4, 4, 4, 4, 4]
     i = 0
     while blob[pos] == stream.TAG_CHUNK:
         vals = stream.CHUNK.unpack_from(blob, pos)
@@ -568,8 +596,8 @@ def stream_segments(blob: bytes) -> list[tuple[str, bytes]]:
                 )
             )
             pos += n
-        segs.append((f"chunk {i} payload", blob[pos : pos + vals[5]]))
-        pos, i = pos + vals[5], i + 1
+        segs.append((f"chunk {i} payload", blob[pos : pos + vals[6]]))
+        pos, i = pos + vals[6], i + 1
     end_names = [
         "tag (end)",
         "reserved",

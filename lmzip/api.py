@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from lmzip import coder, container, rowops, stream
+from lmzip import coder, container, rowops, stream, transform
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
 from lmzip.mixer import MixDecoder, MixEncoder, MixerParams, mix_decode_token
@@ -68,9 +68,11 @@ def info(path: str | None) -> dict:
         try:
             reader = stream.StreamReader(f)
             methods = dict.fromkeys(stream.METHODS.values(), 0)
+            transforms = dict.fromkeys(transform.NAMES.values(), 0)
             tokens = payload = 0
             for record, data in reader:
                 methods[stream.METHODS[record.method]] += 1
+                transforms[transform.NAMES[record.transform]] += 1
                 tokens += record.n_tokens
                 payload += record.payload_size
         except FormatError as e:
@@ -78,6 +80,7 @@ def info(path: str | None) -> dict:
     h = reader.header
     out = {"kind": "compressed", "size_bytes": size, **h.to_dict()}
     out["chunks"] = methods
+    out["chunk_transforms"] = transforms
     out["n_tokens"] = tokens
     out["payload_bytes"] = payload
     out["ratio"] = round(h.original_size / size, 4)
@@ -292,11 +295,12 @@ class ChunkCoding:
     """Everything one chunk's encoder learned: both payloads and their ideal costs in bits."""
 
     raw: bytes
-    tokens: np.ndarray
+    tokens: np.ndarray  # of the coded text: transform.forward(raw, transform)
     lm_payload: bytes
     lm_bits: float
     mix_payload: bytes | None
     mix_bits: float | None
+    transform: int = 0  # transform.NONE or CRLF: the record's transform when coded
 
     def best(self) -> tuple[int, bytes]:
         options = [(len(self.raw), stream.METHOD_STORED, self.raw)]
@@ -306,11 +310,16 @@ class ChunkCoding:
         _, method, payload = min(options, key=lambda o: (o[0], o[1]))
         return method, payload
 
+    def transform_of(self, method: int) -> int:
+        """The record's transform field for a chunk written with `method`."""
+        return transform.NONE if method == stream.METHOD_STORED else self.transform
+
 
 def encode_chunk(
     model: LoadedModel, raw: bytes, precision: int, mixer: MixerParams | None, batch: int
 ) -> ChunkCoding:
-    tokens = model.tokenizer.encode(raw)
+    tf = transform.choose(raw)
+    tokens = model.tokenizer.encode(transform.forward(raw, tf))
     v = model.engine.vocab_size
     # preallocated: a list of small per-window arrays, each allocated between the large freed
     # tables of a window batch, fragmented the heap of a worker by ~8 KB per token (measured)
@@ -333,7 +342,7 @@ def encode_chunk(
         mix_payload = menc.finish() if menc is not None else b""
         mix_bits = 8.0 * len(mix_payload)
     return ChunkCoding(raw, tokens, lm_payload, lm_bits, mix_payload,
-                       mix_bits if mixer is not None else None)  # fmt: skip
+                       mix_bits if mixer is not None else None, tf)  # fmt: skip
 
 
 class _Stream:
@@ -471,7 +480,8 @@ def _worker_encode(args):
     for raw in raws:
         coding = encode_chunk(_WORKER["model"], raw, precision, mixer, batch)
         method, payload = coding.best()
-        out.append((method, payload, 0 if method == stream.METHOD_STORED else len(coding.tokens)))
+        n_tok = 0 if method == stream.METHOD_STORED else len(coding.tokens)
+        out.append((method, payload, n_tok, coding.transform_of(method)))
     return out
 
 
@@ -597,9 +607,9 @@ def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=
     methods = dict.fromkeys(stream.METHODS.values(), 0)
     threads = opts.threads or (os.cpu_count() or 1)
     for coded in _run_ordered(_worker_encode, jobs(), workers, model, threads):
-        for raw, (method, payload, n_tok) in zip(raws_by_job.popleft(), coded):
+        for raw, (method, payload, n_tok, tf) in zip(raws_by_job.popleft(), coded):
             rec = stream.ChunkRecord(method, len(raw), n_tok, len(payload),
-                                     stream.chunk_checksum(raw))  # fmt: skip
+                                     stream.chunk_checksum(raw), tf)  # fmt: skip
             writer.add_chunk(rec, payload)
             methods[stream.METHODS[method]] += 1
             hasher.update(raw)
@@ -615,7 +625,8 @@ def _decode_job(args):
     items, precision, mixer_bytes = args
     coded = [(r, p) for r, p in items if r.method != stream.METHOD_STORED]
     decoded = iter(_worker_decode((coded, precision, mixer_bytes)) if coded else [])
-    return [p if r.method == stream.METHOD_STORED else next(decoded) for r, p in items]
+    return [p if r.method == stream.METHOD_STORED else transform.inverse(next(decoded), r.transform)
+            for r, p in items]  # fmt: skip
 
 
 def check_compatible(header: stream.StreamHeader, model: LoadedModel) -> None:
@@ -832,7 +843,8 @@ def _worker_verify(args):
             for j, s in enumerate(group):
                 nats += float(nll[j, : len(s)].sum())
                 golf += int(golf_byte_counts(lm.tokenizer, np.r_[bos, s])[1:].sum())
-        out.append((c.lm_payload, c.mix_payload, len(c.tokens), c.lm_bits, nats, golf))
+        out.append((c.lm_payload, c.mix_payload, len(c.tokens), c.lm_bits, nats, golf,
+                    c.transform))  # fmt: skip
     return out
 
 
@@ -870,7 +882,7 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
                                      mixer.to_bytes() if mode == "mixed" else b"")  # fmt: skip
         buf = io.BytesIO()
         w = stream.StreamWriter(buf, params)
-        for rawc, (lm_pay, mix_pay, ntok, *_) in zip(chunks, results):
+        for rawc, (lm_pay, mix_pay, ntok, *_, tf) in zip(chunks, results):
             opts_ = [
                 (len(rawc), stream.METHOD_STORED, rawc),
                 (len(lm_pay), stream.METHOD_LM, lm_pay),
@@ -878,9 +890,10 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
             if mode == "mixed":
                 opts_.append((len(mix_pay), stream.METHOD_MIXED, mix_pay))
             _, method, pay = min(opts_, key=lambda o: (o[0], o[1]))
-            n = 0 if method == stream.METHOD_STORED else ntok
-            w.add_chunk(stream.ChunkRecord(method, len(rawc), n, len(pay),
-                                           stream.chunk_checksum(rawc)), pay)  # fmt: skip
+            stored = method == stream.METHOD_STORED
+            w.add_chunk(stream.ChunkRecord(method, len(rawc), 0 if stored else ntok, len(pay),
+                                           stream.chunk_checksum(rawc), 0 if stored else tf),
+                        pay)  # fmt: skip
         h = stream.ContentHasher()
         h.update(raw)
         w.finish(len(raw), h.digest())

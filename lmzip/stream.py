@@ -1,4 +1,4 @@
-"""The compressed file (`.lmz`), format version 1: see format_spec/stream.md.
+"""The compressed file (`.lmz`), format version 2 (reads 1 too): see format_spec/stream.md.
 
 Layout: a 144-byte header, one 28-byte record + payload per chunk, a 28-byte end record, EOF.
 The writer streams: it writes the header with placeholders, the records as chunks arrive, and
@@ -18,19 +18,21 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+from lmzip import transform
 from lmzip.errors import ChecksumError, FormatError, ModelMismatchError, VersionError
 
 MAGIC = b"\x89LMZ\r\n\x1a\n"  # PNG-style, and differs from the model magic in byte 3
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # a version 1 file is a version 2 file without transforms
 HEADER = struct.Struct("<8sHHHBB32sIIQ8sI64sI")  # stream.md section 2
 HEADER_SIZE = HEADER.size  # 144
-CHUNK = struct.Struct("<BBHIIIIII")  # tag, method, reserved, raw, tokens, payload, crc x3
+CHUNK = struct.Struct("<BBBBIIIIII")  # tag, method, transform, reserved, raw, tokens, payload, crc x3
 END = struct.Struct("<BBHIQ8sI")  # tag, reserved x2, n_chunks, original_size, checksum, crc
 RECORD_SIZE = CHUNK.size  # 28, the same for both record types
 TAG_CHUNK, TAG_END = 0x43, 0x45  # "C", "E"
 METHOD_STORED, METHOD_LM, METHOD_MIXED = 0, 1, 2
 METHODS = {METHOD_STORED: "stored", METHOD_LM: "lm", METHOD_MIXED: "mixed"}
-KNOWN_FLAGS = 0  # v1 defines no flag: every bit is reserved and MUST be zero
+KNOWN_FLAGS = 0  # no flag is defined: every bit is reserved and MUST be zero
 
 # Limits (stream.md section 5).
 MAX_CHUNK_SIZE = 64 << 20
@@ -96,6 +98,7 @@ class ChunkRecord:
     n_tokens: int
     payload_size: int
     checksum: int  # chunk_checksum of the chunk's original bytes
+    transform: int = 0  # transform.NONE / CRLF: how the coded text maps to the original bytes
 
 
 def chunk_checksum(data: bytes) -> int:
@@ -173,9 +176,9 @@ def parse_header(head: bytes) -> StreamHeader:
     if head[:8] != MAGIC:
         raise FormatError("bad magic: not an lmzip compressed file")
     (version,) = struct.unpack_from("<H", head, 8)
-    if version != FORMAT_VERSION:  # before the CRC: another version may have another layout
+    if version not in READ_VERSIONS:  # before the CRC: another version may have another layout
         raise VersionError(
-            f"unsupported .lmz format version {version} (this build reads version 1)"
+            f"unsupported .lmz format version {version} (this build reads versions 1 and 2)"
         )
     if len(head) < HEADER_SIZE:
         raise FormatError(f"truncated header ({len(head)} of {HEADER_SIZE} bytes)")
@@ -222,8 +225,9 @@ class StreamWriter:
             raise ValueError(problem or "payload length != record.payload_size")
         if record.method == METHOD_STORED and chunk_checksum(payload) != record.checksum:
             raise ValueError("stored payload does not match record.checksum")
-        body = CHUNK.pack(TAG_CHUNK, record.method, 0, record.raw_size, record.n_tokens,
-                          record.payload_size, record.checksum, zlib.crc32(payload), 0)[:-4]  # fmt: skip
+        body = CHUNK.pack(TAG_CHUNK, record.method, record.transform, 0, record.raw_size,
+                          record.n_tokens, record.payload_size, record.checksum,
+                          zlib.crc32(payload), 0)[:-4]  # fmt: skip
         self.f.write(body + struct.pack("<I", zlib.crc32(body)))
         self.f.write(payload)
         self.n_chunks += 1
@@ -247,9 +251,13 @@ class StreamWriter:
 # ---------------------------------------------------------------- reader
 
 
-def _check_record(r: ChunkRecord, chunk_size: int) -> str | None:
+def _check_record(r: ChunkRecord, chunk_size: int, version: int = FORMAT_VERSION) -> str | None:
     if r.method not in METHODS:
         return f"unknown chunk method {r.method}"
+    if r.transform not in transform.NAMES or (r.transform and version < 2):
+        return f"unknown chunk transform {r.transform}"
+    if r.transform and r.method == METHOD_STORED:
+        return "stored chunk with a transform"
     if not 1 <= r.raw_size <= chunk_size:
         return f"chunk raw_size {r.raw_size} is outside 1..chunk_size ({chunk_size})"
     if r.method == METHOD_STORED and (r.payload_size != r.raw_size or r.n_tokens):
@@ -308,9 +316,10 @@ class StreamReader:
                 break
             if rec[0] != TAG_CHUNK:
                 raise FormatError(f"unknown record tag {rec[0]:#04x} (record {count})")
-            _, method, reserved, raw, tokens, size, crc, payload_crc, _ = CHUNK.unpack(rec)
-            r = ChunkRecord(method, raw, tokens, size, crc)
-            problem = "reserved record bits set" if reserved else _check_record(r, h.chunk_size)
+            _, method, tf, reserved, raw, tokens, size, crc, payload_crc, _ = CHUNK.unpack(rec)
+            r = ChunkRecord(method, raw, tokens, size, crc, tf)
+            problem = ("reserved record bits set" if reserved
+                       else _check_record(r, h.chunk_size, h.format_version))  # fmt: skip
             if problem:
                 raise FormatError(f"{problem} (chunk {count})")
             if count >= h.n_chunks or total + raw > h.original_size:
@@ -336,13 +345,17 @@ class StreamReader:
 
 def decode_stream(reader: StreamReader, decode_chunk: Callable[[ChunkRecord, bytes], bytes],
                   write: Callable[[bytes], object]) -> int:  # fmt: skip
-    """Sequential reference decoding: stored chunks here, coded ones by `decode_chunk`.
+    """Sequential reference decoding: stored chunks here, coded ones by `decode_chunk` (which
+    returns the decoded text; its transform is inverted here).
 
     Verifies every chunk and the content checksum; returns the number of bytes written.
     """
     hasher, total = ContentHasher(), 0
     for record, payload in reader:
-        data = payload if record.method == METHOD_STORED else decode_chunk(record, payload)
+        if record.method == METHOD_STORED:
+            data = payload
+        else:
+            data = transform.inverse(decode_chunk(record, payload), record.transform)
         verify_chunk(record, data)
         hasher.update(data)
         write(data)

@@ -120,6 +120,28 @@ def test_corrupt_payload_is_detected(lm):
                               api.CodingOptions(threads=1))  # fmt: skip
 
 
+def test_crlf_chunks_are_coded_as_lf_text(lm):
+    """A chunk whose every LF follows a CR is coded as LF text (transform CRLF) and decoded back
+    byte for byte; a chunk with one bare LF is coded as it is. Chunk 0 of the CRLF file holds
+    less text than chunk 0 of the LF file (its CRs count against the chunk size) and codes the
+    same tokens for it, so its payload is no larger."""
+    lf = read_corpus("lee_news.txt.zst", 5000)
+    crlf = lf.replace(b"\n", b"\r\n")
+    mixed_ends = crlf[:3000] + lf[3000:]  # chunk 0 all CRLF, chunk 1 has bare LFs
+    opts = api.CodingOptions(threads=1, chunk_size=3000)
+    for lm_only in (False, True):
+        o = api.CodingOptions(threads=1, chunk_size=4096, lm_only=lm_only)
+        a, b = _roundtrip(lm, lf, o), _roundtrip(lm, crlf, o)
+        ra = [(r, p) for r, p in stream.StreamReader(io.BytesIO(a))]
+        rb = [(r, p) for r, p in stream.StreamReader(io.BytesIO(b))]
+        assert [r.transform for r, _ in rb] == [1, 1] and [r.transform for r, _ in ra] == [0, 0]
+        # chunk 0 holds the same text in both files (4096 bytes of CRLF text have fewer lines)
+        assert len(rb[0][1]) <= len(ra[0][1]) + 8
+    blob = _roundtrip(lm, mixed_ends, opts)
+    recs = [r for r, _ in stream.StreamReader(io.BytesIO(blob))]
+    assert [r.transform for r in recs] == [1, 0]
+
+
 def test_verify_measures_agree(tiny_model_path, tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes(read_corpus("lee_news.txt.zst", 6000))

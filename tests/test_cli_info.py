@@ -44,11 +44,12 @@ def test_model_text():
 
 def test_compressed_json():
     d = json.loads(_run("info", "--json", str(CODED)).output)
-    assert d["kind"] == "compressed" and d["format_version"] == 1
+    assert d["kind"] == "compressed" and d["format_version"] == 2
     for key in ["model_id", "numerics_version", "precision", "chunk_size", "window", "mixer",
                 "original_size", "n_chunks", "content_checksum", "flags", "size_bytes"]:  # fmt: skip
         assert key in d
     assert d["chunks"] == {"stored": 1, "lm": 1, "mixed": 1}
+    assert d["chunk_transforms"] == {"none": 3, "crlf": 0}
     assert d["mixer"] == b"mix-v1".hex() and len(d["model_id"]) == 64
     assert d["ratio"] == round(d["original_size"] / d["size_bytes"], 4)
 

@@ -119,9 +119,10 @@ def forged(draw, blob: bytes) -> bytes:
         head[i] = min(head[i], top[i])
     elif target == "record":
         c = draw(st.integers(0, len(chunks) - 1))
-        i = draw(st.sampled_from([1, 2, 3, 4, 5, 6]))
+        # method, transform, reserved, raw_size, n_tokens, payload_size, checksum
+        i = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7]))
         v = chunks[c][0][i]
-        lim = (1 << 8) - 1 if i == 1 else (1 << 16) - 1 if i == 2 else (1 << 32) - 1
+        lim = (1 << 8) - 1 if i <= 3 else (1 << 32) - 1
         chunks[c][0][i] = min(lim, draw(st.sampled_from([0, 1, 2, v + 1, max(0, v - 1), lim])))
     elif target == "payload":
         c = draw(st.integers(0, len(chunks) - 1))

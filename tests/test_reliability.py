@@ -44,9 +44,9 @@ def parse_lmz(blob: bytes) -> tuple[list, list, list]:
         pos += stream.RECORD_SIZE
         if rec[0] == stream.TAG_END:
             return head, chunks, list(stream.END.unpack(rec))
-        fields = list(stream.CHUNK.unpack(rec))
-        chunks.append([fields, blob[pos : pos + fields[5]]])
-        pos += fields[5]
+        fields = list(stream.CHUNK.unpack(rec))  # tag method transform reserved raw tokens
+        chunks.append([fields, blob[pos : pos + fields[6]]])  # payload_size crc payload_crc crc
+        pos += fields[6]
 
 
 def forge_lmz(head: list, chunks: list, end: list) -> bytes:
@@ -60,7 +60,7 @@ def forge_lmz(head: list, chunks: list, end: list) -> bytes:
     out = [sealed(stream.HEADER, head)]
     for fields, payload in chunks:
         fields = list(fields)
-        fields[7] = zlib.crc32(payload)
+        fields[8] = zlib.crc32(payload)
         out += [sealed(stream.CHUNK, fields), payload]
     out.append(sealed(stream.END, end))
     return b"".join(out)
@@ -241,7 +241,7 @@ def test_not_an_lmzip_file(work, tiny_model_path):
 
 def test_unsupported_versions(work, tiny_model_path, lmz):
     head, chunks, end = parse_lmz(lmz["coded"])
-    for field, value, expect in ((1, 2, "format version 2"), (3, 9, "numerics version 9")):
+    for field, value, expect in ((1, 3, "format version 3"), (3, 9, "numerics version 9")):
         h = list(head)
         h[field] = value
         blob = forge_lmz(h, chunks, end)
@@ -389,10 +389,10 @@ def test_hostile_lmz_declared_sizes(tmp_path, lmz):
     h[9], h[11] = stream.MAX_ORIGINAL_SIZE, 1 << 30  # 256 TiB in a billion chunks
     cases.append(forge_lmz(h, chunks, end))
     c = [[list(f), p] for f, p in chunks]
-    c[0][0][5] = (1 << 32) - 1  # payload_size 4 GiB
+    c[0][0][6] = (1 << 32) - 1  # payload_size 4 GiB
     cases.append(forge_lmz(head, [[c[0][0], chunks[0][1]]], end))
     c = [[list(f), p] for f, p in chunks]
-    c[0][0][1], c[0][0][4] = stream.METHOD_LM, (1 << 32) - 1  # 4 G tokens
+    c[0][0][1], c[0][0][5] = stream.METHOD_LM, (1 << 32) - 1  # 4 G tokens
     cases.append(forge_lmz(head, c, end))
     h = list(head)
     h[7] = stream.MAX_CHUNK_SIZE + 1

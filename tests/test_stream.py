@@ -3,8 +3,10 @@
 import hashlib
 import io
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -128,9 +130,64 @@ def test_unfinished_file_is_rejected():
 
 def test_version_checked_before_checksum():
     blob = bytearray(_write(b"abc"))
-    blob[8] = 2
-    with pytest.raises(VersionError, match="version 2"):
+    assert blob[8] == 2  # this build writes format version 2
+    blob[8] = 3
+    with pytest.raises(VersionError, match="version 3"):
         StreamReader(io.BytesIO(bytes(blob)))
+
+
+def _with_version(blob: bytes, version: int) -> bytes:
+    """blob with another format_version and a valid header CRC (a file as that version writes)."""
+    b = bytearray(blob)
+    struct.pack_into("<H", b, 8, version)
+    struct.pack_into("<I", b, 140, zlib.crc32(bytes(b[:140])))
+    return bytes(b)
+
+
+def _transform_blob(tf: int, method: int = 1) -> bytes:
+    raw = b"ab\r\ncd\r\nX"  # chunk_size 8: "ab\r\ncd\r\n" coded, "X" stored
+    f, h = io.BytesIO(), stream.ContentHasher()
+    w = StreamWriter(f, PARAMS)
+    if method == 1:
+        w.add_chunk(ChunkRecord(1, 8, 3, 5, stream.chunk_checksum(raw[:8]), tf), bytes(5))
+    else:
+        w.add_chunk(ChunkRecord(0, 8, 0, 8, stream.chunk_checksum(raw[:8])), raw[:8])
+    w.add_chunk(ChunkRecord(0, 1, 0, 1, stream.chunk_checksum(raw[8:])), raw[8:])
+    h.update(raw)
+    w.finish(len(raw), h.digest())
+    return f.getvalue()
+
+
+def test_crlf_transform_is_inverted_by_the_reader():
+    blob = _transform_blob(1)
+    recs = [r for r, _ in StreamReader(io.BytesIO(blob))]
+    assert [r.transform for r in recs] == [1, 0]
+    out = []
+    # the chunk's coded text has LF where the original has CRLF; decode_stream writes CRLF back
+    stream.decode_stream(StreamReader(io.BytesIO(blob)), lambda r, p: b"ab\ncd\n", out.append)
+    assert b"".join(out) == b"ab\r\ncd\r\nX"
+
+
+def test_version_1_files_still_read_but_carry_no_transform():
+    plain = _with_version(_write(b"hello world, a longer text\n", coded=False), 1)
+    assert _decode(plain) == b"hello world, a longer text\n"
+    with pytest.raises(FormatError, match="transform"):  # byte 2 of a record was reserved in v1
+        list(StreamReader(io.BytesIO(_with_version(_transform_blob(1), 1))))
+
+
+def test_bad_transforms_are_rejected():
+    for rec, payload in [
+        (ChunkRecord(1, 1, 1, 2, 0, 2), b"xx"),  # unknown transform
+        (ChunkRecord(0, 1, 0, 1, stream.chunk_checksum(b"x"), 1), b"x"),  # stored + transform
+    ]:
+        with pytest.raises(ValueError, match="transform"):
+            StreamWriter(io.BytesIO(), PARAMS).add_chunk(rec, payload)
+    blob = bytearray(_transform_blob(1))
+    rec0 = 144
+    blob[rec0 + 2] = 7  # transform 7 in the first record, record CRC fixed up
+    struct.pack_into("<I", blob, rec0 + 24, zlib.crc32(bytes(blob[rec0 : rec0 + 24])))
+    with pytest.raises(FormatError, match="unknown chunk transform 7"):
+        list(StreamReader(io.BytesIO(bytes(blob))))
 
 
 @pytest.mark.parametrize(
