@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from numba import njit
 
+import lmzip
 from lmzip import coder, container, rowops, stream, transform
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
@@ -126,7 +127,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 MAX_AUTO_CHUNK_SIZE = 4 << 20
 AUTO_CHUNK_ALIGN = 64 << 10
 DEFAULT_PRECISION = 24
-DEFAULT_BATCH = 16
+DEFAULT_BATCH = lmzip.DEFAULT_BATCH
 # LM windows per teacher-forced pass: 4 x 511 positions keep every temporary of a pass (the
 # widest, [positions, vocab] int64 and the MLP's, ~16 MB) under the mmap threshold above, so the
 # heap reuses them; larger passes are no faster and fault their memory in anew each time.

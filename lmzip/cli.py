@@ -20,8 +20,21 @@ import click
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lmzip  # noqa: E402
-from lmzip import api, container  # noqa: E402
+from lmzip import container  # noqa: E402
 from lmzip.errors import LmzipError
+
+
+class _Api:
+    """lmzip.api, imported on first use: it loads torch (~1 s), which `--help`, usage errors and
+    argument checks do not need."""
+
+    def __getattr__(self, name: str):
+        from lmzip import api as module
+
+        return getattr(module, name)
+
+
+api = _Api()
 
 
 class LmzipGroup(click.Group):
@@ -158,7 +171,7 @@ _coding_options = [
                  "uses the shipped model the file was made with."),
     click.option("--threads", type=click.IntRange(0, 256), default=0, show_default=True,
                  help="Worker processes (0 = one per core). Changes speed only, never bytes."),
-    click.option("--batch-size", type=click.IntRange(1, 4096), default=api.DEFAULT_BATCH,
+    click.option("--batch-size", type=click.IntRange(1, 4096), default=lmzip.DEFAULT_BATCH,
                  show_default=True, help="Chunks coded together as a batch of streams. "
                  "Changes speed and memory only, never bytes."),
     click.option("-f", "--force", is_flag=True, help="Overwrite an existing output file."),

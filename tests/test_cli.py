@@ -153,3 +153,17 @@ def test_real_process_round_trip_and_error(tmp_path, tiny_model_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
     assert "Traceback" not in r.stderr
     assert Path(src).read_bytes() == TEXT
+
+
+def test_help_and_usage_errors_do_not_load_torch():
+    """`lmzip --help` and argument errors answer without importing torch (about 1 s)."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from lmzip.cli import main\n"
+        "r1 = CliRunner().invoke(main, ['--help'])\n"
+        "r2 = CliRunner().invoke(main, ['compress', '--batch-size', '0', 'x'])\n"
+        "print(r1.exit_code, r2.exit_code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["0", "2", "False"]
