@@ -20,7 +20,7 @@ import click
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lmzip  # noqa: E402
-from lmzip import container  # noqa: E402
+from lmzip import container, describe  # noqa: E402
 from lmzip.errors import LmzipError
 
 
@@ -132,7 +132,7 @@ def info(file: str | None, as_json: bool) -> None:
     Without FILE, describe the default model shipped with lmzip. FILE may also be the name of
     a shipped model (the "shipped_models" field of the default model's description lists them).
     """
-    d = api.info(file)
+    d = describe.info(file)
     if as_json:
         click.echo(json.dumps(d, indent=2))
     else:

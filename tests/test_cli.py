@@ -156,14 +156,15 @@ def test_real_process_round_trip_and_error(tmp_path, tiny_model_path):
 
 
 def test_help_and_usage_errors_do_not_load_torch():
-    """`lmzip --help` and argument errors answer without importing torch (about 1 s)."""
+    """`lmzip --help`, argument errors and `lmzip info` answer without importing torch (~1 s)."""
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from lmzip.cli import main\n"
         "r1 = CliRunner().invoke(main, ['--help'])\n"
         "r2 = CliRunner().invoke(main, ['compress', '--batch-size', '0', 'x'])\n"
-        "print(r1.exit_code, r2.exit_code, 'torch' in sys.modules)\n"
+        "r3 = CliRunner().invoke(main, ['info'])\n"
+        "print(r1.exit_code, r2.exit_code, r3.exit_code, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert out.stdout.split() == ["0", "2", "False"]
+    assert out.stdout.split() == ["0", "2", "0", "False"]
