@@ -26,7 +26,8 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)  # a version 1 file is a version 2 file without transforms
 HEADER = struct.Struct("<8sHHHBB32sIIQ8sI64sI")  # stream.md section 2
 HEADER_SIZE = HEADER.size  # 144
-CHUNK = struct.Struct("<BBBBIIIIII")  # tag, method, transform, reserved, raw, tokens, payload, crc x3
+# tag, method, transform, reserved, raw_size, n_tokens, payload_size, checksum x3
+CHUNK = struct.Struct("<BBBBIIIIII")
 END = struct.Struct("<BBHIQ8sI")  # tag, reserved x2, n_chunks, original_size, checksum, crc
 RECORD_SIZE = CHUNK.size  # 28, the same for both record types
 TAG_CHUNK, TAG_END = 0x43, 0x45  # "C", "E"

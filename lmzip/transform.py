@@ -1,4 +1,4 @@
-"""Reversible per-chunk transforms applied before tokenization (format_spec/stream.md 3.3).
+"""Reversible per-chunk transforms applied before tokenization (format_spec/stream.md 3.9).
 
 The shipped models were trained on text with LF line ends; a CRLF text (Windows, many Project
 Gutenberg and Canterbury corpus files) puts a carriage return the model has rarely seen before
@@ -21,19 +21,25 @@ def choose(raw: bytes) -> int:
     return CRLF if n_lf and raw.count(b"\r\n") == n_lf else NONE
 
 
+# transform -> (bytes in the original, bytes in the coded text); NONE maps nothing
+_PAIRS = {CRLF: (b"\r\n", b"\n")}
+
+
 def forward(raw: bytes, transform: int) -> bytes:
     """The text that is tokenized and coded for a chunk whose original bytes are raw."""
     if transform == NONE:
         return raw
-    if transform == CRLF:
-        return raw.replace(b"\r\n", b"\n")
-    raise ValueError(f"unknown transform {transform}")
+    if transform not in _PAIRS:
+        raise ValueError(f"unknown transform {transform}")
+    original, coded = _PAIRS[transform]
+    return raw.replace(original, coded)
 
 
 def inverse(text: bytes, transform: int) -> bytes:
     """The original bytes of a chunk from its decoded text."""
     if transform == NONE:
         return text
-    if transform == CRLF:
-        return text.replace(b"\n", b"\r\n")
-    raise FormatError(f"unknown chunk transform {transform}")
+    if transform not in _PAIRS:
+        raise FormatError(f"unknown chunk transform {transform}")
+    original, coded = _PAIRS[transform]
+    return text.replace(coded, original)
