@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmzip import container
 from lmzip.data import open_shard, write_shard
 from lmzip.errors import LmzipError
 from lmzip.tokenizer import Tokenizer, train_tokenizer
@@ -316,6 +317,11 @@ def test_tiny_run_loss_falls_exports_and_round_trips(corpus, tmp_path):
     with pytest.raises(LmzipError, match="under 1,000 bytes"):
         export_checkpoint(tmp_path / "golf.pt", tmp_path / "g.lmzm", val_tokens=0)
     assert not (tmp_path / "g.lmzm").exists()
+
+    # a note (how a resumed run went) travels into the provenance
+    export_checkpoint(tmp_path / "run" / "ckpt.pt", tmp_path / "n.lmzm", val_tokens=0,
+                      note="resumed once")  # fmt: skip
+    assert container.load_model(tmp_path / "n.lmzm").provenance["note"] == "resumed once"
 
 
 def test_resume_continues_the_same_run(corpus, tmp_path):

@@ -40,8 +40,10 @@ def export_checkpoint(
     out: str | os.PathLike,
     val_tokens: int | None = None,
     use_ema: bool = True,
+    note: str | None = None,
 ) -> dict:
-    """Write `out`; returns {'bytes', 'bpb_float', 'bpb_quant', ...}. val_tokens=0 skips eval."""
+    """Write `out`; returns {'bytes', 'bpb_float', 'bpb_quant', ...}. val_tokens=0 skips eval;
+    `note` (e.g. how a resumed run's schedule went) is kept in the provenance as 'note'."""
     ck = load_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(ck["config"])
     model = GPT(cfg.model)
@@ -91,6 +93,8 @@ def export_checkpoint(
         "val_stride": stride,
         "val_tokens": result.get("val_tokens"),
     }
+    if note:
+        provenance["note"] = note
     mf = model_file_from_gpt(model.cpu(), tok.model_bytes, provenance)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.export-tmp")
@@ -118,13 +122,14 @@ def export_checkpoint(
     help="validation tokens for the bpb check (default: the preset's; 0 = skip)",
 )
 @click.option("--no-ema", is_flag=True, help="export the last weights, not the EMA")
-def main(ckpt: str, out: str, val_tokens: int | None, no_ema: bool) -> None:
+@click.option("--note", default=None, help="free text kept in the provenance, e.g. the resumes")
+def main(ckpt: str, out: str, val_tokens: int | None, no_ema: bool, note: str | None) -> None:
     """Quantize a training checkpoint into an lmzip model container.
 
     Example: python -m trainer.export --ckpt runs/cpu1/ckpt.pt --out model.lmzm
     """
     try:
-        export_checkpoint(ckpt, out, val_tokens=val_tokens, use_ema=not no_ema)
+        export_checkpoint(ckpt, out, val_tokens=val_tokens, use_ema=not no_ema, note=note)
     except LmzipError as e:
         raise click.ClickException(str(e)) from None
 
