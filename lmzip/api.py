@@ -20,14 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
+from numba.typed import List
 
 import lmzip
 from lmzip import coder, container, rowops, stream, transform
 from lmzip.describe import info  # noqa: F401  (lmzip.api.info, as before)
 from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
-from lmzip.mixer import MixDecoder, MixEncoder, MixerParams, mix_decode_token
+from lmzip.mixer import GroupEncoder, MixDecoder, MixerParams, mix_decode_token, new_table
 from lmzip.numerics import exp_tables_np, freq_table, lm_probs
 from lmzip.tokenizer import Tokenizer
 
@@ -64,9 +65,11 @@ _fixed_mmap_threshold()
 
 # Chunk size: adaptivity wants long chunks, decoding wants one chunk per core (each chunk decodes
 # one token after another). The default splits a file of known size in two (the 2-core machine
-# class), between 1 MiB and 4 MiB per chunk; input of unknown size (a pipe) gets 1 MiB chunks.
-# It depends on the input size only, never on --threads or the machine: same input, same bytes.
+# class), between 64 KiB and 4 MiB per chunk, the two halves one group sharing the mixer's table
+# (MIXER_GROUP); input of unknown size (a pipe) gets 1 MiB chunks. It depends on the input size
+# only, never on --threads or the machine: same input, same bytes.
 DEFAULT_CHUNK_SIZE = 1 << 20
+MIN_AUTO_CHUNK_SIZE = 64 << 10
 MAX_AUTO_CHUNK_SIZE = 4 << 20
 AUTO_CHUNK_ALIGN = 64 << 10
 DEFAULT_PRECISION = 24
@@ -84,15 +87,22 @@ FORWARD_WINDOWS = 4
 # 2^20; benchmarks/results/mixer-2026-11-24-v3.md). The choice depends on the input size only,
 # and the decoder reads it from the header.
 MIXER_HASH_BITS = (16, 22)
+# Consecutive chunks whose mixed streams share one bucket table (spec 4.2 of mixer.md): a file
+# of two chunks codes 1.7-3 % smaller than with independent chunks (measured on the dev sets)
+# and still decodes on two cores, the group's streams stepping together.
+MIXER_GROUP = 2
 # Mixer state a decoding worker keeps at once: a batch holds fewer streams when their hash
 # tables would exceed this (files of 4 MiB chunks: 7 streams of 135 MB instead of 16).
 DECODE_MIXER_BUDGET = 1 << 30
 
 
-def mixer_params(chunk_len: int) -> MixerParams:
-    """The default mixer parameters for chunks of at most `chunk_len` input bytes."""
+def mixer_params(chunk_len: int, n_chunks: int = 1) -> MixerParams:
+    """The default mixer parameters for `n_chunks` chunks of at most `chunk_len` input bytes:
+    groups of MIXER_GROUP chunks, the bucket table sized for a group's bytes."""
     lo, hi = MIXER_HASH_BITS
-    return MixerParams(hash_bits=min(max((max(1, chunk_len) - 1).bit_length() + 3, lo), hi))
+    group_len = max(1, chunk_len) * max(1, min(n_chunks, MIXER_GROUP))
+    return MixerParams(hash_bits=min(max((group_len - 1).bit_length() + 3, lo), hi),
+                       group=MIXER_GROUP)  # fmt: skip
 
 
 def auto_chunk_size(total: int | None) -> int:
@@ -101,7 +111,7 @@ def auto_chunk_size(total: int | None) -> int:
         return DEFAULT_CHUNK_SIZE
     half = -(-total // 2)  # ceil(total / 2), rounded up to a multiple of 64 KiB
     half = -(-half // AUTO_CHUNK_ALIGN) * AUTO_CHUNK_ALIGN
-    return max(DEFAULT_CHUNK_SIZE, min(MAX_AUTO_CHUNK_SIZE, half))
+    return max(MIN_AUTO_CHUNK_SIZE, min(MAX_AUTO_CHUNK_SIZE, half))
 
 
 @dataclass
@@ -262,44 +272,94 @@ class ChunkCoding:
 def encode_chunk(
     model: LoadedModel, raw: bytes, precision: int, mixer: MixerParams | None, batch: int
 ) -> ChunkCoding:
-    tf = transform.choose(raw)
-    tokens = model.tokenizer.encode(transform.forward(raw, tf))
+    """One chunk coded alone (a group of one)."""
+    return encode_group(model, [raw], precision, mixer, batch)[0]
+
+
+def encode_group(
+    model: LoadedModel, raws: list[bytes], precision: int, mixer: MixerParams | None, batch: int
+) -> list[ChunkCoding]:
+    """Code a group of consecutive chunks (mixer.group of them, the file's last group may be
+    shorter): each chunk's LM payload, and the mixed payloads of the chunks that share the
+    group's bucket table (format_spec/mixer.md 4.2). A chunk whose best method is not MIXED
+    must not have fed the table: the group is mixed again without it (rare: only data the LM
+    codes badly), until every sharing chunk is best coded MIXED."""
+    tfs = [transform.choose(raw) for raw in raws]
+    toks = [model.tokenizer.encode(transform.forward(raw, tf)) for raw, tf in zip(raws, tfs)]
+    lm = [None] * len(raws)
+    mix = [None] * len(raws)
+    part = [i for i, t in enumerate(toks) if len(t)] if mixer is not None else []
+    first = True
+    while True:
+        todo = range(len(raws)) if first else part
+        lm_new, mix_new = _code_group(model, [toks[i] for i in todo],
+                                      [i in part for i in todo], precision, mixer, batch)  # fmt: skip
+        for j, i in enumerate(todo):
+            if first:
+                lm[i] = lm_new[j]
+            mix[i] = mix_new[j]
+        first = False
+        if mixer is not None:  # an empty chunk's mixed payload is empty (it feeds nothing)
+            mix = [b"" if not len(t) else m for t, m in zip(toks, mix)]
+        codings = [ChunkCoding(raw, t, lm_p, lm_b, m, None if m is None else 8.0 * len(m), tf)
+                   for raw, t, (lm_p, lm_b), m, tf in zip(raws, toks, lm, mix, tfs)]  # fmt: skip
+        losers = [i for i in part if codings[i].best()[0] != stream.METHOD_MIXED]
+        if len(part) <= 1 or not losers:
+            return codings
+        for i in losers:
+            mix[i] = None
+        part = [i for i in part if i not in losers]
+
+
+def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, batch: int):
+    """LM payloads of all `toks` and mixed payloads (None where not `shares`) of the sharing
+    ones, in one pass over the LM's probabilities."""
     v = model.engine.vocab_size
     # preallocated: a list of small per-window arrays, each allocated between the large freed
     # tables of a window batch, fragmented the heap of a worker by ~8 KB per token (measured)
-    cum = np.empty(len(tokens), np.int64)
-    freq = np.empty(len(tokens), np.int64)
-    menc = MixEncoder(mixer, v, len(tokens)) if mixer is not None and len(tokens) else None
-    mix_bits = 0.0
+    cums = [np.empty(len(t), np.int64) for t in toks]
+    freqs = [np.empty(len(t), np.int64) for t in toks]
+    mixed = [i for i, sh in enumerate(shares) if sh]
+    genc = GroupEncoder(mixer, v, [len(toks[i]) for i in mixed]) if mixed else None
+    gens = [lm_probabilities(model, t, batch) for t in toks]
     pos = 0
-    for p in lm_probabilities(model, tokens, batch):
-        seg = tokens[pos : pos + len(p)]
-        cum[pos : pos + len(p)], freq[pos : pos + len(p)] = _lm_symbols(p, seg, precision)
-        if menc is not None:
-            menc.feed(p.numpy(), seg)
-        pos += len(p)
-    lm_payload = bytes(coder.encode_symbols(cum.astype(np.uint64), freq.astype(np.uint64),
-                                            np.uint64(precision)))  # fmt: skip
-    lm_bits = float(coder.ideal_bits(freq.astype(np.uint64), np.uint64(precision)))
-    mix_payload = None
-    if mixer is not None:
-        mix_payload = menc.finish() if menc is not None else b""
-        mix_bits = 8.0 * len(mix_payload)
-    return ChunkCoding(raw, tokens, lm_payload, lm_bits, mix_payload,
-                       mix_bits if mixer is not None else None, tf)  # fmt: skip
+    # the segments of every chunk cover the same positions (window - 1 tokens each), so the
+    # group's lock-step order holds block by block
+    for ps in itertools.zip_longest(*gens):
+        for i, p in enumerate(ps):
+            if p is not None:
+                seg = toks[i][pos : pos + len(p)]
+                sl = slice(pos, pos + len(p))
+                cums[i][sl], freqs[i][sl] = _lm_symbols(p, seg, precision)
+        if genc is not None:
+            blocks = [ps[i] for i in mixed]
+            genc.feed([b.numpy() if b is not None else None for b in blocks],
+                      [toks[i][pos : pos + len(b)] if b is not None else None
+                       for i, b in zip(mixed, blocks)])  # fmt: skip
+        pos += model.engine.window - 1
+    lm = []
+    for cum, freq in zip(cums, freqs):
+        payload = bytes(coder.encode_symbols(cum.astype(np.uint64), freq.astype(np.uint64),
+                                             np.uint64(precision)))  # fmt: skip
+        lm.append((payload, float(coder.ideal_bits(freq.astype(np.uint64), np.uint64(precision)))))
+    mix = [None] * len(toks)
+    if genc is not None:
+        for i, payload in zip(mixed, genc.finish()):
+            mix[i] = payload
+    return lm, mix
 
 
 class _Stream:
     """Decoding state of one coded chunk inside a batch of streams."""
 
-    def __init__(self, record: stream.ChunkRecord, payload: bytes, mixer, vocab: int):
+    def __init__(self, record: stream.ChunkRecord, payload: bytes, mixer, vocab: int, mem=None):
         self.record, self.n = record, record.n_tokens
         self.tokens = np.zeros(self.n, np.int32)
         self.done = 0
         if record.method == stream.METHOD_MIXED:
             if mixer is None:
                 raise FormatError("a mixed chunk in a file whose header has no mixer parameters")
-            self.mix = MixDecoder(payload, mixer, vocab, self.n)
+            self.mix = MixDecoder(payload, mixer, vocab, self.n, mem)
         else:
             self.mix = None
             self.data = np.frombuffer(payload, np.uint8)
@@ -310,6 +370,9 @@ class _Stream:
 # step, probabilities, and the mixer or table decoder, without a Python round trip per token
 # (about 20 us of the ~220 us a token took). Slices keep Ctrl-C and progress responsive.
 DECODE_SLICE = 256
+# Batches of at most this many mixed streams (a file's groups) decode in compiled lock-step
+# slices, their LM steps on numba's threads; larger batches in the loop of decode_chunks.
+LOCKSTEP_MAX = 8
 
 
 @njit(cache=True, inline="always")
@@ -366,15 +429,89 @@ def _decode_single(model: LoadedModel, s: _Stream, precision: int) -> None:
     s.done = s.n
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, bos, step_args, kcs, vcs,
+                           step_tail, probs, heads, bodies, mems, mem_of, hists, csts, datas):  # fmt: skip
+    """`count` lock-step positions of mixed streams g = 0..G-1 (file order): their LM steps in
+    parallel (numba's threads; each stream has its own caches, so every row is computed by the
+    same code as alone), then their tokens decoded one stream after the other in order, the
+    order the group's shared bucket table is updated in (format_spec/mixer.md 4.2)."""
+    g_n = inp.shape[0]
+    for _ in range(count):
+        for g in prange(g_n):
+            if done[g] < n[g]:
+                capped = rowops.step_all(inp[g : g + 1], pos[g : g + 1], *step_args, kcs[g],
+                                         vcs[g], *step_tail)  # fmt: skip
+                probs[g] = rowops.probs_rows(capped, step_tail[4], step_tail[5], step_tail[6])[0]
+        for g in range(g_n):
+            if done[g] < n[g]:
+                tok = mix_decode_token(heads[g], bodies[g], mems[mem_of[g]], hists[g], csts[g],
+                                       datas[g], probs[g])  # fmt: skip
+                outs[g][done[g]] = tok
+                done[g] += 1
+                if done[g] % seg == 0:
+                    inp[g], pos[g] = bos, 0
+                else:
+                    inp[g], pos[g] = tok, done[g] % seg
+
+
+def _decode_lockstep(model: LoadedModel, streams: list) -> None:
+    """Decode mixed streams together with the compiled lock-step slices (CPU, fused engine)."""
+    eng = model.engine
+    step_args, step_tail = eng.step_all_args()
+    states = [eng.new_state(1) for _ in streams]
+    kcs = np.stack([st.k_np for st in states])
+    vcs = np.stack([st.v_np for st in states])
+    del states
+    g_n = len(streams)
+    inp = np.full(g_n, model.tokenizer.bos_id, np.int64)
+    pos = np.zeros(g_n, np.int64)
+    done = np.zeros(g_n, np.int64)
+    n = np.array([s.n for s in streams], np.int64)
+    probs = np.empty((g_n, eng.vocab_size), np.int64)
+    mems, mem_of = List(), np.zeros(g_n, np.int64)
+    for g, s in enumerate(streams):
+        for j, m in enumerate(mems):
+            if m is s.mix.mem:
+                mem_of[g] = j
+                break
+        else:
+            mem_of[g] = len(mems)
+            mems.append(s.mix.mem)
+    lists = [List(getattr(s.mix, k) for s in streams) for k in ("head", "body", "hist", "cst", "data")]
+    outs = List(s.tokens for s in streams)
+    seg = eng.window - 1
+    while (done < n).any():
+        count = min(DECODE_SLICE, int((n - done).max()))
+        _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, model.tokenizer.bos_id,
+                               step_args, kcs, vcs, step_tail, probs, lists[0], lists[1], mems,
+                               mem_of, lists[2], lists[3], lists[4])  # fmt: skip
+    for s in streams:
+        s.done = s.n
+
+
 def decode_chunks(
     model: LoadedModel, items: list, precision: int, mixer: MixerParams | None
 ) -> list[bytes]:
-    """Decode the coded chunks `items` [(record, payload)] as one batch of streams."""
+    """Decode the coded chunks `items` [(record, payload) or (record, payload, group)] as one
+    batch of streams, in file order. The mixed chunks of one group share a bucket table and
+    step in lock-step (format_spec/mixer.md 4.2); without a group each chunk has its own."""
     eng, bos = model.engine, model.tokenizer.bos_id
-    streams = [_Stream(r, p, mixer, eng.vocab_size) for r, p in items]
+    tables: dict = {}
+    streams = []
+    for j, (r, p, *grp) in enumerate(items):
+        mem = None
+        if r.method == stream.METHOD_MIXED and mixer is not None:
+            mem = tables.setdefault(grp[0] if grp else ("own", j), new_table(mixer))
+        streams.append(_Stream(r, p, mixer, eng.vocab_size, mem))
     live = [i for i, s in enumerate(streams) if s.n > 0]
     if len(live) == 1 and eng.step_all_ok():
         _decode_single(model, streams[live[0]], precision)
+        return [model.tokenizer.decode(s.tokens) for s in streams]
+    if 1 < len(live) <= LOCKSTEP_MAX and eng.step_all_ok() and all(
+        streams[i].mix is not None for i in live
+    ):
+        _decode_lockstep(model, [streams[i] for i in live])
         return [model.tokenizer.decode(s.tokens) for s in streams]
     b, seg = len(streams), eng.window - 1
     state = eng.new_state(b)
@@ -421,8 +558,7 @@ def _worker_encode(args):
     raws, precision, mixer_bytes, batch = args
     mixer = MixerParams.from_bytes(mixer_bytes) if mixer_bytes else None
     out = []
-    for raw in raws:
-        coding = encode_chunk(_WORKER["model"], raw, precision, mixer, batch)
+    for coding in encode_group(_WORKER["model"], raws, precision, mixer, batch):
         method, payload = coding.best()
         n_tok = 0 if method == stream.METHOD_STORED else len(coding.tokens)
         out.append((method, payload, n_tok, coding.transform_of(method)))
@@ -435,15 +571,17 @@ def _worker_decode(args):
     return decode_chunks(_WORKER["model"], items, precision, mixer)
 
 
-def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: int):
+def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: int,
+                 kernel_threads: int | None = None):  # fmt: skip
     """Map fn over jobs in order, in this process or in `workers` processes, with a bounded
     number of jobs in flight (memory stays bounded by chunk and batch sizes)."""
     if workers <= 1:
         _WORKER["model"] = model
-        # a single job in flight (one chunk, or a batch of streams): intra-op threads are the
-        # only parallelism left; decoding passes 1 (its small GEMMs do not pay for threads)
+        # a single job in flight (one group, or a batch of streams): intra-op threads are the
+        # only parallelism left; decoding passes 1 to torch (its small GEMMs do not pay for
+        # threads) and the cores' count to the numba kernels (a group's lock-step LM steps)
         torch.set_num_threads(max(1, threads))
-        rowops.set_threads(threads)
+        rowops.set_threads(threads if kernel_threads is None else kernel_threads)
         for job in jobs:
             yield fn(job)
         return
@@ -525,7 +663,8 @@ def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=
     remaining = _remaining_size(src)
     chunk_size = opts.chunk_bytes(remaining)
     longest = chunk_size if remaining is None else min(chunk_size, remaining)
-    mixer = None if opts.lm_only else mixer_params(longest)
+    n_chunks = MIXER_GROUP if remaining is None else -(-remaining // chunk_size)
+    mixer = None if opts.lm_only else mixer_params(longest, n_chunks)
     params = stream.StreamParams(
         model_id=model.model_id,
         numerics_version=model.mf.numerics_version,
@@ -536,9 +675,9 @@ def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=
     )
     writer = stream.StreamWriter(dst, params)
     hasher, total = stream.ContentHasher(), 0
-    # one chunk per job: chunks are independent, so every worker process gets work even for a
-    # file of two chunks (the LM windows inside a chunk are batched by opts.batch_size)
-    groups = _groups(_read_chunks(src, chunk_size), 1)
+    # one group of chunks per job (one chunk in --lm-only mode): groups are independent (the LM
+    # windows inside a chunk are batched by opts.batch_size)
+    groups = _groups(_read_chunks(src, chunk_size), mixer.group if mixer else 1)
     first = list(itertools.islice(groups, 8))
     workers = opts.workers(len(first))
     raws_by_job: deque = deque()
@@ -565,9 +704,12 @@ def compress_stream(src, dst, model: LoadedModel, opts: CodingOptions, progress=
 
 
 def _decode_job(args):
-    """Decode a run of consecutive records: stored ones pass through, coded ones as a batch."""
+    """Decode a run of consecutive records (whole groups: it starts at a multiple of the group
+    size): stored ones pass through, coded ones as a batch."""
     items, precision, mixer_bytes = args
-    coded = [(r, p) for r, p in items if r.method != stream.METHOD_STORED]
+    group = MixerParams.from_bytes(mixer_bytes).group if mixer_bytes else 1
+    coded = [(r, p, j // group) for j, (r, p) in enumerate(items)
+             if r.method != stream.METHOD_STORED]  # fmt: skip
     decoded = iter(_worker_decode((coded, precision, mixer_bytes)) if coded else [])
     return [p if r.method == stream.METHOD_STORED else transform.inverse(next(decoded), r.transform)
             for r, p in items]  # fmt: skip
@@ -600,15 +742,19 @@ def decompress_stream(src, write, model, opts: CodingOptions, progress=None) -> 
     check_compatible(h, model)
     mixer_bytes = h.mixer
     hasher, total = stream.ContentHasher(), 0
-    # streams per batch: up to batch_size, but spread so that every worker process decodes
-    workers = opts.workers(h.n_chunks)
+    # streams per batch: up to batch_size, but spread so that every worker process decodes;
+    # whole groups per batch (the chunks of a group step together)
+    group = MixerParams.from_bytes(mixer_bytes).group if mixer_bytes else 1
+    n_groups = -(-h.n_chunks // group)
+    workers = opts.workers(n_groups)
     per_job = max(1, min(opts.batch_size, -(-h.n_chunks // workers)))
     if mixer_bytes:  # bounded mixer memory per worker
         per_job = max(1, min(per_job, DECODE_MIXER_BUDGET // MixerParams.from_bytes(mixer_bytes)
                              .memory_bytes(0)))  # fmt: skip
+    per_job = -(-per_job // group) * group
     jobs = ((g, h.precision, mixer_bytes) for g in _groups(iter(reader), per_job))
     for group in _run_ordered(_decode_job, _tee_records(jobs, pending := deque()), workers,
-                              model, 1):  # fmt: skip
+                              model, 1, opts.threads or (os.cpu_count() or 1)):  # fmt: skip
         for (record, _), data in zip(pending.popleft(), group):
             stream.verify_chunk(record, data)
             hasher.update(data)
@@ -773,8 +919,7 @@ def _worker_verify(args):
     mixer = MixerParams.from_bytes(mixer_bytes)
     bos, seg = lm.tokenizer.bos_id, lm.engine.window - 1
     out = []
-    for raw in raws:
-        c = encode_chunk(lm, raw, precision, mixer, batch)
+    for c in encode_group(lm, raws, precision, mixer, batch):
         nats, golf = 0.0, 0
         segs = [c.tokens[a:b] for a, b in _segments(len(c.tokens), seg)]
         for i in range(0, len(segs), batch):
@@ -812,10 +957,11 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
 
     raw = _verify_inputs(path, lm.tokenizer)
     size = opts.chunk_bytes(len(raw))
-    mixer = mixer_params(min(size, len(raw)))
     chunks = [raw[i : i + size] for i in range(0, len(raw), size)]
-    jobs = (([c], opts.precision, mixer.to_bytes(), opts.batch_size) for c in chunks)
-    workers = opts.workers(len(chunks))  # one chunk per job, as compress_stream
+    mixer = mixer_params(min(size, len(raw)), len(chunks))
+    groups = list(_groups(iter(chunks), mixer.group))
+    jobs = ((g, opts.precision, mixer.to_bytes(), opts.batch_size) for g in groups)
+    workers = opts.workers(len(groups))  # one group per job, as compress_stream
     threads = opts.threads or (os.cpu_count() or 1)
     results = [r for group in _run_ordered(_worker_verify, jobs, workers, lm, threads)
                for r in group]  # fmt: skip
@@ -831,7 +977,7 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
                 (len(rawc), stream.METHOD_STORED, rawc),
                 (len(lm_pay), stream.METHOD_LM, lm_pay),
             ]
-            if mode == "mixed":
+            if mode == "mixed" and mix_pay is not None:  # None: not in its group's table
                 opts_.append((len(mix_pay), stream.METHOD_MIXED, mix_pay))
             _, method, pay = min(opts_, key=lambda o: (o[0], o[1]))
             stored = method == stream.METHOD_STORED
@@ -851,7 +997,9 @@ def verify_file(path: str, lm: LoadedModel, opts: CodingOptions, roundtrip: bool
     tokens = sum(r[2] for r in results)
     golf = sum(r[5] for r in results)
     lm_bits = sum(r[3] for r in results)
-    mix_bits = sum(8.0 * len(r[1]) for r in results)
+    # a chunk left out of its group's table (its best method is not MIXED) counts as coded
+    mix_bits = sum(8.0 * (len(r[1]) if r[1] is not None else min(len(r[0]), len(c)))
+                   for c, r in zip(chunks, results))  # fmt: skip
     return {
         "file": path,
         "bytes": len(raw),

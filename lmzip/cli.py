@@ -194,8 +194,9 @@ def coding_options(fn):
 @click.option("--lm-only", is_flag=True,
               help="Code with the language model alone (no adaptive mixing).")  # fmt: skip
 @click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=None,
-              help="Input bytes per independently coded chunk. Default: half the input, "
-              "1-4 MiB (1 MiB for a pipe).")  # fmt: skip
+              help="Input bytes per chunk (two chunks form a group that shares the mixer's "
+              "tables and decodes on two cores). Default: half the input, 64 KiB-4 MiB "
+              "(1 MiB for a pipe).")  # fmt: skip
 def compress(input, output, model, threads, batch_size, force, quiet, lm_only, chunk_size):
     """Compress INPUT ('-' for stdin) into an .lmz file. The input is kept."""
     output = output or api.default_output(input, decompress=False)
@@ -241,8 +242,9 @@ def decompress(input, output, model, threads, batch_size, force, quiet, test):
 @click.option("--no-roundtrip", is_flag=True,
               help="Measure sizes only; skip decompressing (much faster).")  # fmt: skip
 @click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=None,
-              help="Input bytes per independently coded chunk. Default: half the input, "
-              "1-4 MiB (1 MiB for a pipe).")  # fmt: skip
+              help="Input bytes per chunk (two chunks form a group that shares the mixer's "
+              "tables and decodes on two cores). Default: half the input, 64 KiB-4 MiB "
+              "(1 MiB for a pipe).")  # fmt: skip
 def verify(files, model, threads, as_json, no_roundtrip, chunk_size):
     """Compress and decompress each FILE and compare the model's bits per byte with real bytes.
 

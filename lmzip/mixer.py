@@ -1,6 +1,6 @@
 """Adaptive context mixing: the LM's next-token distribution mixed with models learned online.
 
-Spec: format_spec/mixer.md (mixer version 3). A token id is coded as ceil(log2 V) binary
+Spec: format_spec/mixer.md (mixer version 4). A token id is coded as ceil(log2 V) binary
 decisions, most significant bit first. For every decision the LM's probability (exact subtree mass
 ratio), hashed token-context models (orders 0..16 and indirect models), a match model, two SSE maps
 of the LM probability and a bias are mixed in the stretched domain by four gated linear mixers
@@ -8,13 +8,15 @@ whose outputs a second mixer combines, refined by two APMs, and the final 16-bit
 coded with the range coder. All arithmetic is int64 (numba), so encoder and decoder agree bit for
 bit on any machine.
 
-API (all state starts fresh per chunk):
+API (all state starts fresh per chunk, or per group of chunks for the shared bucket table):
     MixerParams(...).to_bytes() / MixerParams.from_bytes(b)
     mix_encode(p_all, tokens, params) -> bytes            one chunk, teacher-forced
     mix_cost_bits(p_all, tokens, params) -> float64[N]     ideal bits per token (verify)
     MixEncoder(params, V, max_tokens).feed(p_block, toks); .finish() -> bytes
-    MixDecoder(payload, params, V, max_tokens).next(p) -> token
-    mix_decode_token(head, body, hist, cst, data, p) -> token   njit, for batched decode loops
+    GroupEncoder(params, V, [max_tokens...]).feed([p_block...], [toks...]); .finish() -> [bytes]
+    MixDecoder(payload, params, V, max_tokens, mem=None).next(p) -> token
+    new_table(params) -> the bucket table a group's MixDecoders share (mem=)
+    mix_decode_token(head, body, mem, hist, cst, data, p) -> token   njit, for batched decode loops
 
 This module holds the parameters, the state allocation and the coding loops; the per-bit models
 are in lmzip/ctxmodels.py. Memory per chunk: MixerParams.memory_bytes(max_tokens), about
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from numba.typed import List
 
 from lmzip.coder import dec_advance, dec_new, dec_overrun, dec_target, enc_finish, enc_new, enc_put
 from lmzip.ctxmodels import (
@@ -89,9 +92,12 @@ from lmzip.ctxmodels import (
 )
 from lmzip.errors import FormatError, VersionError
 
-MIXER_VERSION = 3
+MIXER_VERSION = 4
+READ_VERSIONS = (3, 4)  # version 3 params are version 4's without the group byte (group 1)
+MAX_GROUP = 16
 CTX_W0 = 80  # initial total weight of the context-model inputs, in 1/64
-_PARAMS_FMT = "<BB8BBHBBBBB"  # version, n_orders, orders[8], hash_bits, limit, ...
+_PARAMS_FMT = "<BB8BBHBBBBBB"  # version, n_orders, orders[8], hash_bits, limit, ..., group
+_PARAMS_FMT_V3 = _PARAMS_FMT[:-1]
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,9 @@ class MixerParams:
     lr: int = 14  # layer-1 mixer learning rate (w += x * err * lr >> 18)
     apm_rate: int = 5  # APM update shift
     apm2_bits: int = 14  # 2^apm2_bits APM2 contexts (previous token x node)
+    # consecutive chunks whose mixed streams share one bucket table and are coded in lock-step
+    # (spec 4.2): a group codes about as well as one chunk of its size, yet decodes in parallel
+    group: int = 1
 
     def __post_init__(self):
         if not 0 <= len(self.orders) <= MAX_MODELS or any(
@@ -127,6 +136,7 @@ class MixerParams:
             (0 <= self.lr <= 255, "lr in 0..255"),
             (1 <= self.apm_rate <= 15, "apm_rate in 1..15"),
             (6 <= self.apm2_bits <= 20, "apm2_bits in 6..20"),
+            (1 <= self.group <= MAX_GROUP, f"group in 1..{MAX_GROUP}"),
         )
         for ok, what in checks:
             if not ok:
@@ -136,20 +146,22 @@ class MixerParams:
         o = tuple(self.orders) + (0,) * (MAX_MODELS - len(self.orders))
         return struct.pack(
             _PARAMS_FMT, MIXER_VERSION, len(self.orders), *o, self.hash_bits, self.limit,
-            self.match_min, self.match_bits, self.lr, self.apm_rate, self.apm2_bits,
+            self.match_min, self.match_bits, self.lr, self.apm_rate, self.apm2_bits, self.group,
         )  # fmt: skip
 
     @classmethod
     def from_bytes(cls, b: bytes) -> "MixerParams":
         if len(b) < 1:
             raise FormatError("mixer params: empty")
-        if b[0] != MIXER_VERSION:
+        if b[0] not in READ_VERSIONS:
             raise VersionError(
-                f"mixer version {b[0]} is not supported (this build: {MIXER_VERSION})"
+                f"mixer version {b[0]} is not supported (this build reads "
+                f"{', '.join(map(str, READ_VERSIONS))})"
             )
-        if len(b) != struct.calcsize(_PARAMS_FMT):
-            raise FormatError(f"mixer params: {len(b)} bytes, expected 18")
-        v = struct.unpack(_PARAMS_FMT, b)
+        fmt = _PARAMS_FMT_V3 if b[0] == 3 else _PARAMS_FMT
+        if len(b) != struct.calcsize(fmt):
+            raise FormatError(f"mixer params: {len(b)} bytes, expected {struct.calcsize(fmt)}")
+        v = struct.unpack(fmt, b)
         n = v[1]
         if n > MAX_MODELS or any(v[2 + n : 2 + MAX_MODELS]):
             raise FormatError("mixer params: bad order list")
@@ -159,7 +171,8 @@ class MixerParams:
             raise FormatError(str(e)) from None
 
     def memory_bytes(self, max_tokens: int) -> int:
-        """Bytes of state one chunk needs (head excluded: 8 * (V + 97))."""
+        """Bytes of state one chunk needs (head excluded: 8 * (V + 97)), its bucket table
+        counted whole although a group's chunks share one."""
         return 4 * _body_size(self) + 32 * (1 << self.hash_bits) + 4 * max_tokens
 
 
@@ -176,8 +189,16 @@ def _body_size(prm: MixerParams) -> int:
     )  # fmt: skip
 
 
-def _new_state(prm: MixerParams, V: int, max_tokens: int):
-    """Fresh (head, body, hist) for one chunk (spec 4: initial values)."""
+def new_table(prm: MixerParams) -> np.ndarray:
+    """A fresh bucket table (spec 4): one per chunk, or one per group shared by its chunks."""
+    mem = np.full(16 << prm.hash_bits, ENTRY_INIT, np.uint16)
+    mem[::16] = 0  # slot 0 of each bucket: tag, 0 = empty
+    return mem
+
+
+def _new_state(prm: MixerParams, V: int, max_tokens: int, mem: np.ndarray | None = None):
+    """Fresh (head, body, mem, hist) for one chunk (spec 4: initial values); `mem`: the group's
+    shared bucket table instead of a fresh one."""
     if not 1 <= V <= 65536:
         raise ValueError(f"vocabulary size {V} not in 1..65536")
     head = np.zeros(H_SIZE + V + 1, np.int64)
@@ -205,8 +226,10 @@ def _new_state(prm: MixerParams, V: int, max_tokens: int):
     head[H_NBMASK] = (1 << prm.hash_bits) - 1
     head[H_MMMASK] = (1 << prm.match_bits) - 1
     head[H_A2MASK] = (1 << prm.apm2_bits) - 1
-    mem = np.full(16 << prm.hash_bits, ENTRY_INIT, np.uint16)
-    mem[::16] = 0  # slot 0 of each bucket: tag, 0 = empty
+    if mem is None:
+        mem = new_table(prm)
+    elif mem.shape != (16 << prm.hash_bits,) or mem.dtype != np.uint16:
+        raise ValueError("shared bucket table of the wrong shape")
     # The mixer starts near "LM only": weight 1.0 on the LM input, small priors on the adaptive
     # inputs (they are 0 until a context has been seen), which helps short chunks (spec 4).
     w = body[head[H_OW] : head[H_OW] + N_WSETS * NIN_MAX].reshape(N_WSETS, NIN_MAX)
@@ -246,28 +269,48 @@ def _cost_block(head, body, mem, hist, p_block, toks, out_bits):
         out_bits[i] = bits
 
 
+@njit(cache=True, inline="always")
+def _encode_token(head, body, mem, hist, p, tok, cst, out, pos):
+    """Code tok with LM vector p, writing at out[pos:]; returns the new pos (spec 5.2)."""
+    B = head[H_B]
+    _token_begin(head, body, hist, p)
+    while head[H_D] < B:
+        pf = _bit_predict(head, body, mem, hist)
+        if pf < 0:
+            head[H_NODE] *= 2
+            head[H_D] += 1
+            continue
+        bit = (tok >> (B - 1 - head[H_D])) & 1
+        if bit:
+            pos = enc_put(cst, out, pos, PONE - pf, pf, 16)
+        else:
+            pos = enc_put(cst, out, pos, 0, PONE - pf, 16)
+        _bit_update(head, body, mem, bit)
+    _token_end(head, body, hist, tok)
+    return pos
+
+
 @njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
 def _encode_block(head, body, mem, hist, p_block, toks, cst, out):
     """Code toks[i] with LM vector p_block[i]; returns bytes written to out (spec 5.2)."""
-    B = head[H_B]
     pos = 0
     for i in range(toks.shape[0]):
-        _token_begin(head, body, hist, p_block[i])
-        tok = toks[i]
-        while head[H_D] < B:
-            pf = _bit_predict(head, body, mem, hist)
-            if pf < 0:
-                head[H_NODE] *= 2
-                head[H_D] += 1
-                continue
-            bit = (tok >> (B - 1 - head[H_D])) & 1
-            if bit:
-                pos = enc_put(cst, out, pos, PONE - pf, pf, 16)
-            else:
-                pos = enc_put(cst, out, pos, 0, PONE - pf, 16)
-            _bit_update(head, body, mem, bit)
-        _token_end(head, body, hist, tok)
+        pos = _encode_token(head, body, mem, hist, p_block[i], toks[i], cst, out, pos)
     return pos
+
+
+@njit(cache=True, nogil=True)
+def _encode_lockstep(heads, bodies, mem, hists, p_blocks, toks, counts, csts, outs, pos):
+    """A group's block in lock-step (spec 4.2): for each position i, chunk g = 0, 1, ... codes
+    its token i if it has one (counts[g] > i), all with the one bucket table `mem`."""
+    n = 0
+    for g in range(counts.shape[0]):
+        n = max(n, counts[g])
+    for i in range(n):
+        for g in range(counts.shape[0]):
+            if i < counts[g]:
+                pos[g] = _encode_token(heads[g], bodies[g], mem, hists[g], p_blocks[g][i],
+                                       toks[g][i], csts[g], outs[g], pos[g])  # fmt: skip
 
 
 @njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
@@ -345,12 +388,58 @@ class MixEncoder:
         return self.out[: self.pos].tobytes()
 
 
-class MixDecoder:
-    """Decoder of one chunk, one token at a time: next(p) with the LM vector for that position."""
+class GroupEncoder:
+    """Teacher-forced encoder of a group of chunks sharing one bucket table (spec 4.2), coded in
+    lock-step; with one chunk it writes MixEncoder's bytes. feed() takes, per chunk, the block
+    of the same positions (an empty block once a chunk has ended); finish() -> payloads."""
 
-    def __init__(self, payload: bytes, params: MixerParams, V: int, max_tokens: int):
+    def __init__(self, params: MixerParams, V: int, max_tokens: list[int]):
+        self.V, self.g = V, len(max_tokens)
+        self.mem = new_table(params)
+        states = [_new_state(params, V, n, self.mem) for n in max_tokens]
+        self.heads = np.stack([st[0] for st in states])
+        self.bodies = np.stack([st[1] for st in states])
+        longest = max(1, *max_tokens)
+        self.hists = np.zeros((self.g, longest), np.int32)
+        self.csts = np.stack([enc_new() for _ in range(self.g)])
+        self.outs = np.empty((self.g, 2 * int(self.heads[0, H_B]) * longest + 32), np.uint8)
+        self.pos = np.zeros(self.g, np.int64)
+
+    def feed(self, p_blocks: list, tokens: list) -> None:
+        """p_blocks[g], tokens[g]: chunk g's next block (None or empty once it has ended)."""
+        if len(p_blocks) != self.g or len(tokens) != self.g:
+            raise ValueError(f"one block per chunk of the group ({self.g})")
+        ps, ts = List(), List()  # numba typed lists: the blocks are not copied
+        counts = np.zeros(self.g, np.int64)
+        for g in range(self.g):
+            p, t = p_blocks[g], tokens[g]
+            if t is None or len(t) == 0:
+                p, t = np.zeros((0, self.V), np.int64), np.zeros(0, np.int32)
+            p, t = _check_inputs(p, t, self.V)
+            if self.heads[g, H_N] + len(t) > self.heads[g, H_MAXTOK]:
+                raise ValueError("more tokens than max_tokens")
+            ps.append(p)
+            ts.append(t)
+            counts[g] = len(t)
+        _encode_lockstep(self.heads, self.bodies, self.mem, self.hists, ps, ts, counts,
+                         self.csts, self.outs, self.pos)  # fmt: skip
+
+    def finish(self) -> list[bytes]:
+        out = []
+        for g in range(self.g):
+            end = enc_finish(self.csts[g], self.outs[g], int(self.pos[g]))
+            out.append(self.outs[g, :end].tobytes())
+        return out
+
+
+class MixDecoder:
+    """Decoder of one chunk, one token at a time: next(p) with the LM vector for that position.
+    `mem`: the bucket table its group shares (new_table), else a fresh one of its own."""
+
+    def __init__(self, payload: bytes, params: MixerParams, V: int, max_tokens: int,
+                 mem: np.ndarray | None = None):  # fmt: skip
         self.V = V
-        self.head, self.body, self.mem, self.hist = _new_state(params, V, max_tokens)
+        self.head, self.body, self.mem, self.hist = _new_state(params, V, max_tokens, mem)
         self.data = np.frombuffer(bytes(payload), np.uint8)
         self.cst = dec_new(self.data)
 

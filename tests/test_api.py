@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from lmzip import api, container, stream
+from lmzip import api, container, rowops, stream
 from lmzip.errors import FormatError, ModelMismatchError
 from lmzip.mixer import MixerParams
 
@@ -52,26 +52,76 @@ def test_batch_size_and_threads_do_not_change_bytes(lm):
 
 
 @pytest.mark.parametrize("lm_only", [False, True])
-def test_single_stream_slices_and_batched_loop_agree(lm, monkeypatch, lm_only):
-    """A lone stream decodes in compiled slices (api._decode_single), a batch in the Python
-    loop; both must give the input back, across LM windows and slice boundaries."""
+def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, lm_only):
+    """A lone stream decodes in compiled slices (api._decode_single), a group of mixed streams
+    in compiled lock-step slices (api._decode_lockstep, its LM steps on 1 or 2 threads), any
+    batch in the Python loop; all must give the input back, across LM windows and slices."""
     assert lm.engine.step_all_ok()
     monkeypatch.setattr(api, "DECODE_SLICE", 7)  # slices end inside windows, never aligned
     data = read_corpus("lee_news.txt.zst", 7000)
     buf = io.BytesIO()
     api.compress_stream(io.BytesIO(data), buf, lm,
                         api.CodingOptions(threads=1, chunk_size=2048, lm_only=lm_only))  # fmt: skip
-    calls = []
-    single = api._decode_single
-    monkeypatch.setattr(api, "_decode_single", lambda *a: calls.append(1) or single(*a))
-    for batch in (1, 4):
+    calls = {"single": 0, "lockstep": 0}
+    for name in ("single", "lockstep"):
+        fn = getattr(api, f"_decode_{name}")
+        monkeypatch.setattr(api, f"_decode_{name}",
+                            lambda *a, fn=fn, name=name: calls.update({name: calls[name] + 1})
+                            or fn(*a))  # fmt: skip
+    seen = []
+    set_threads = rowops.set_threads
+    monkeypatch.setattr(rowops, "set_threads", lambda n: None)  # the loop below chooses
+    for batch, lockstep_max, threads in ((1, 8, 1), (4, 8, 1), (4, 8, 2), (4, 1, 1)):
+        monkeypatch.setattr(api, "LOCKSTEP_MAX", lockstep_max)
+        set_threads(threads)
         out = io.BytesIO()
         api.decompress_stream(io.BytesIO(buf.getvalue()), out.write, lm,
                               api.CodingOptions(threads=1, batch_size=batch))  # fmt: skip
         assert out.getvalue() == data
-        n_single = len(calls)
-        calls.clear()
-        assert n_single == (4 if batch == 1 else 0)  # 4 chunks: one at a time, or one batch
+        seen.append(dict(calls))
+        calls.update(single=0, lockstep=0)
+    set_threads(1)
+    if lm_only:  # 4 chunks: one at a time, or one batch in the loop
+        assert [c["single"] for c in seen] == [4, 0, 0, 0] and not any(c["lockstep"] for c in seen)
+    else:  # 2 groups of 2: a group per batch, or both in one batch, or the loop
+        assert [c["lockstep"] for c in seen] == [2, 1, 1, 0] and not any(c["single"] for c in seen)
+
+
+def test_a_group_of_chunks_shares_its_table(lm, monkeypatch):
+    """Chunks of a group (api.MIXER_GROUP, recorded in the header) share the mixer's bucket
+    table: the file is smaller than with independent chunks, and decodes with any settings."""
+    data = read_corpus("lee_news.txt.zst", 12000)
+    opts = api.CodingOptions(threads=1, chunk_size=3072)
+    blobs = {}
+    for group in (1, 2):
+        monkeypatch.setattr(api, "MIXER_GROUP", group)
+        blobs[group] = _roundtrip(lm, data, opts)
+        h = stream.StreamReader(io.BytesIO(blobs[group])).header
+        assert MixerParams.from_bytes(h.mixer).group == group
+        methods = [r.method for r, _ in stream.StreamReader(io.BytesIO(blobs[group]))]
+        assert methods == [stream.METHOD_MIXED] * 4
+    assert len(blobs[2]) < len(blobs[1])
+    for threads, batch in ((2, 1), (1, 3), (2, 64)):  # odd batches still hold whole groups
+        out = io.BytesIO()
+        api.decompress_stream(io.BytesIO(blobs[2]), out.write, lm,
+                              api.CodingOptions(threads=threads, batch_size=batch))  # fmt: skip
+        assert out.getvalue() == data
+
+
+def test_a_stored_chunk_leaves_its_group_table(lm):
+    """A chunk whose best method is not MIXED must not have fed its group's table: the group is
+    mixed again without it, so the text chunk's payload is the one it has alone."""
+    text = read_corpus("lee_news.txt.zst", 3000)
+    noise = np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    mixer = api.mixer_params(3000, 2)
+    assert mixer.group == 2
+    pair = api.encode_group(lm, [text, noise], 24, mixer, 4)
+    assert [c.best()[0] for c in pair] == [stream.METHOD_MIXED, stream.METHOD_STORED]
+    assert pair[1].mix_payload is None
+    assert pair[0].mix_payload == api.encode_group(lm, [text], 24, mixer, 4)[0].mix_payload
+    blob = _roundtrip(lm, text + noise, api.CodingOptions(threads=1, chunk_size=3000))
+    methods = [r.method for r, _ in stream.StreamReader(io.BytesIO(blob))]
+    assert methods == [stream.METHOD_MIXED, stream.METHOD_STORED]
 
 
 @pytest.mark.parametrize("data", [b"", b"x", b"\x00", b"\xff\xfe\xfd", TEXT])
@@ -172,9 +222,13 @@ def test_shipped_models_roundtrip_and_quality():
 
 def test_auto_chunk_size_rule():
     mib = 1 << 20
+    kib = 1 << 10
     assert api.auto_chunk_size(None) == mib  # a pipe: size unknown
-    assert api.auto_chunk_size(0) == api.auto_chunk_size(2 * mib) == mib
-    assert api.auto_chunk_size(2 * mib + 1) == mib + (64 << 10)  # half, up to 64 KiB
+    assert api.auto_chunk_size(0) == api.auto_chunk_size(64 * kib) == 64 * kib  # one chunk
+    assert api.auto_chunk_size(64 * kib + 1) == 64 * kib  # two
+    assert api.auto_chunk_size(359_784) == 192 * kib  # lee_news: two chunks, half up to 64 KiB
+    assert api.auto_chunk_size(2 * mib) == mib
+    assert api.auto_chunk_size(2 * mib + 1) == mib + 64 * kib
     assert api.auto_chunk_size(5_052_230) == 2_555_904  # shakespeare: two chunks
     assert api.auto_chunk_size(10**9) == 4 * mib
     assert api.CodingOptions(chunk_size=8192).chunk_bytes(10**9) == 8192  # explicit wins
@@ -202,6 +256,7 @@ def test_mixer_memory_follows_the_chunk_length(lm, monkeypatch):
 def test_auto_chunk_size_follows_the_file_size_not_the_reader(lm, tmp_path, monkeypatch):
     # scaled-down rule (1 KiB .. 4 KiB, 512-byte steps) so that a tiny model codes it fast
     monkeypatch.setattr(api, "DEFAULT_CHUNK_SIZE", 1024)
+    monkeypatch.setattr(api, "MIN_AUTO_CHUNK_SIZE", 1024)
     monkeypatch.setattr(api, "MAX_AUTO_CHUNK_SIZE", 4096)
     monkeypatch.setattr(api, "AUTO_CHUNK_ALIGN", 512)
     data = read_corpus("lee_news.txt.zst", 5000)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lmzip.errors import FormatError, VersionError
 from lmzip.mixer import (
+    GroupEncoder,
     MixDecoder,
     MixEncoder,
     MixerParams,
@@ -18,6 +19,7 @@ from lmzip.mixer import (
     mix_decode,
     mix_decode_token,
     mix_encode,
+    new_table,
 )
 
 # Small tables keep each example fast; the coding path is the same as with the defaults.
@@ -142,12 +144,21 @@ def test_corrupt_payload_decodes_in_range():
 def test_params_round_trip_and_rejects():
     prm = MixerParams(orders=(1, 3, 7), hash_bits=12, limit=9, match_min=6, lr=3)
     b = prm.to_bytes()
-    assert len(b) <= 64 and b[0] == 3
+    assert len(b) == 19 and b[0] == 4 and b[-1] == 1  # version 4: group last
     assert MixerParams.from_bytes(b) == prm
     assert MixerParams.from_bytes(MixerParams().to_bytes()) == MixerParams()
-    for v in (0, 1, 2, 4, 255):  # older streams (and unknown versions) are refused, not decoded
+    assert MixerParams.from_bytes(MixerParams(group=16).to_bytes()).group == 16
+    for v in (0, 1, 2, 5, 255):  # older streams (and unknown versions) are refused, not decoded
         with pytest.raises(VersionError, match="mixer version"):
             MixerParams.from_bytes(bytes([v]) + b[1:])
+    # version 3 params (18 bytes, no group byte) are read as group 1: the same coding
+    v3_default = bytes([3]) + MixerParams().to_bytes()[1:-1]
+    assert len(v3_default) == 18 and MixerParams.from_bytes(v3_default) == MixerParams()
+    with pytest.raises(FormatError, match="expected 18"):
+        MixerParams.from_bytes(v3_default + b"\x01")
+    for bad in (0, 17):
+        with pytest.raises(FormatError, match="group"):
+            MixerParams.from_bytes(b[:-1] + bytes([bad]))
     v1_default = bytes.fromhex("0105010203040600000014ff00041208050e")  # version 1 default params
     with pytest.raises(VersionError, match="mixer version 1"):
         MixerParams.from_bytes(v1_default)
@@ -409,6 +420,7 @@ def test_older_mixer_stream_is_refused_with_a_version_error(tiny_model_path, mon
     lm = api.load_model(tiny_model_path)
     raw = b"The mixer version is checked before any payload is decoded. " * 20
     monkeypatch.setattr(mixer, "MIXER_VERSION", old)  # a writer of an older mixer version
+    monkeypatch.setattr(mixer, "READ_VERSIONS", (old,))
     buf = io.BytesIO()
     api.compress_stream(io.BytesIO(raw), buf, lm, api.CodingOptions(threads=1))
     monkeypatch.undo()  # this build's mixer version again
@@ -417,3 +429,39 @@ def test_older_mixer_stream_is_refused_with_a_version_error(tiny_model_path, mon
         api.decompress_stream(io.BytesIO(buf.getvalue()), out.append, lm,
                               api.CodingOptions(threads=1))  # fmt: skip
     assert out == []
+
+
+def test_group_shares_one_table_in_lock_step():
+    """A group's chunks code with one bucket table in lock-step (spec 4.2): alone, a group of
+    one writes MixEncoder's bytes; a group of three decodes with MixDecoders sharing a table
+    in the same order, and only in that order; sharing helps when the chunks are alike."""
+    rng = np.random.default_rng(7)
+    V = 256
+    base = rng.integers(0, 40, 300)
+    toks = [np.tile(base, 3)[off : off + n].astype(np.int32) for off, n in ((0, 600), (5, 420),
+                                                                            (9, 7))]  # fmt: skip
+    ps = [lm_vectors(rng, len(t), V, "random") for t in toks]
+    alone = GroupEncoder(SMALL, V, [600])
+    alone.feed([ps[0]], [toks[0]])
+    assert alone.finish() == [mix_encode(ps[0], toks[0], SMALL)]
+    enc = GroupEncoder(SMALL, V, [len(t) for t in toks])
+    for s in range(0, 600, 256):  # blocks of the same positions; a chunk's block ends with it
+        enc.feed([p[s : s + 256] for p in ps], [t[s : s + 256] for t in toks])
+    payloads = enc.finish()
+    own = [mix_encode(p, t, SMALL) for p, t in zip(ps, toks)]
+    assert len(payloads[1]) < len(own[1])  # chunk 1 repeats chunk 0's text at the same time
+
+    def decode(order):
+        mem = new_table(SMALL)
+        decs = [MixDecoder(payloads[g], SMALL, V, len(toks[g]), mem) for g in range(3)]
+        out = [[] for _ in range(3)]
+        for i in range(600):
+            for g in order:
+                if i < len(toks[g]):
+                    out[g].append(decs[g].next(ps[g][i]))
+        return out
+
+    assert all(np.array_equal(o, t) for o, t in zip(decode((0, 1, 2)), toks))
+    assert not all(np.array_equal(o, t) for o, t in zip(decode((1, 0, 2)), toks))
+    with pytest.raises(ValueError, match="shared bucket table"):
+        MixDecoder(payloads[0], SMALL, V, 600, new_table(MixerParams(hash_bits=11)))
