@@ -71,7 +71,8 @@ _fixed_mmap_threshold()
 DEFAULT_CHUNK_SIZE = 1 << 20
 MIN_AUTO_CHUNK_SIZE = 64 << 10
 MAX_AUTO_CHUNK_SIZE = 4 << 20
-AUTO_CHUNK_ALIGN = 64 << 10
+AUTO_CHUNK_ALIGN = 64 << 10  # halves of 1 MiB or more are rounded up to this,
+SMALL_CHUNK_ALIGN = 4 << 10  # smaller ones to this: the two chunks stay within 4 KiB
 DEFAULT_PRECISION = 24
 DEFAULT_BATCH = lmzip.DEFAULT_BATCH
 # LM windows per teacher-forced pass: 4 x 511 positions keep every temporary of a pass (the
@@ -109,8 +110,9 @@ def auto_chunk_size(total: int | None) -> int:
     """The default chunk size for an input of `total` bytes (None: unknown)."""
     if total is None:
         return DEFAULT_CHUNK_SIZE
-    half = -(-total // 2)  # ceil(total / 2), rounded up to a multiple of 64 KiB
-    half = -(-half // AUTO_CHUNK_ALIGN) * AUTO_CHUNK_ALIGN
+    half = -(-total // 2)  # ceil(total / 2), rounded up to 64 KiB (4 KiB below 1 MiB)
+    align = AUTO_CHUNK_ALIGN if half >= 1 << 20 else SMALL_CHUNK_ALIGN
+    half = -(-half // align) * align
     return max(MIN_AUTO_CHUNK_SIZE, min(MAX_AUTO_CHUNK_SIZE, half))
 
 

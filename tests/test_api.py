@@ -226,7 +226,8 @@ def test_auto_chunk_size_rule():
     assert api.auto_chunk_size(None) == mib  # a pipe: size unknown
     assert api.auto_chunk_size(0) == api.auto_chunk_size(64 * kib) == 64 * kib  # one chunk
     assert api.auto_chunk_size(64 * kib + 1) == 64 * kib  # two
-    assert api.auto_chunk_size(359_784) == 192 * kib  # lee_news: two chunks, half up to 64 KiB
+    assert api.auto_chunk_size(359_784) == 176 * kib  # lee_news: two chunks, half up to 4 KiB
+    assert api.auto_chunk_size(152_089) == 76 * kib  # not 128 KiB + 20 KiB
     assert api.auto_chunk_size(2 * mib) == mib
     assert api.auto_chunk_size(2 * mib + 1) == mib + 64 * kib
     assert api.auto_chunk_size(5_052_230) == 2_555_904  # shakespeare: two chunks
@@ -259,6 +260,7 @@ def test_auto_chunk_size_follows_the_file_size_not_the_reader(lm, tmp_path, monk
     monkeypatch.setattr(api, "MIN_AUTO_CHUNK_SIZE", 1024)
     monkeypatch.setattr(api, "MAX_AUTO_CHUNK_SIZE", 4096)
     monkeypatch.setattr(api, "AUTO_CHUNK_ALIGN", 512)
+    monkeypatch.setattr(api, "SMALL_CHUNK_ALIGN", 512)
     data = read_corpus("lee_news.txt.zst", 5000)
     src = tmp_path / "in.txt"
     src.write_bytes(data)
