@@ -449,7 +449,9 @@ def test_model_mismatch_is_checked_before_decoding(lmz, tiny_model_path):
 def _interrupt(tmp_path, model, sig, threads):
     """Start a real compress, signal it once its temp file exists; -> (rc, stderr)."""
     big = tmp_path / "big.txt"
-    big.write_bytes(TEXT * 400)  # ~100 KB of text: tens of seconds of model work
+    # ~1 MB of text: far more model work than the second before the signal, however fast the
+    # machine (100 KB finished inside that second once chunks were coded in groups)
+    big.write_bytes(TEXT * 4000)
     before = snapshot(tmp_path)
     p = subprocess.Popen([sys.executable, "-m", "lmzip", "compress", "-q", "-m", model,
                           "--threads", str(threads), "--chunk-size", "4096", str(big)],
