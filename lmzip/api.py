@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numba import njit, prange
-from numba.typed import List
 
 import lmzip
 from lmzip import coder, container, rowops, stream, transform
@@ -433,11 +432,13 @@ def _decode_single(model: LoadedModel, s: _Stream, precision: int) -> None:
 
 @njit(cache=True, parallel=True, nogil=True)
 def _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, bos, step_args, kcs, vcs,
-                           step_tail, probs, heads, bodies, mems, mem_of, hists, csts, datas):  # fmt: skip
+                           step_tail, probs, heads, bodies, mems, mem_of, hists, csts, datas,
+                           lens):  # fmt: skip
     """`count` lock-step positions of mixed streams g = 0..G-1 (file order): their LM steps in
     parallel (numba's threads; each stream has its own caches, so every row is computed by the
     same code as alone), then their tokens decoded one stream after the other in order, the
-    order the group's shared bucket table is updated in (format_spec/mixer.md 4.2)."""
+    order the group's shared bucket table is updated in (format_spec/mixer.md 4.2). Per-stream
+    state is stacked in 2-D arrays (payload g is datas[g, :lens[g]])."""
     g_n = inp.shape[0]
     for _ in range(count):
         for g in prange(g_n):
@@ -448,8 +449,8 @@ def _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, bos, step_args, 
         for g in range(g_n):
             if done[g] < n[g]:
                 tok = mix_decode_token(heads[g], bodies[g], mems[mem_of[g]], hists[g], csts[g],
-                                       datas[g], probs[g])  # fmt: skip
-                outs[g][done[g]] = tok
+                                       datas[g, : lens[g]], probs[g])  # fmt: skip
+                outs[g, done[g]] = tok
                 done[g] += 1
                 if done[g] % seg == 0:
                     inp[g], pos[g] = bos, 0
@@ -471,24 +472,34 @@ def _decode_lockstep(model: LoadedModel, streams: list) -> None:
     done = np.zeros(g_n, np.int64)
     n = np.array([s.n for s in streams], np.int64)
     probs = np.empty((g_n, eng.vocab_size), np.int64)
-    mems, mem_of = List(), np.zeros(g_n, np.int64)
+    # stacked copies of the streams' fresh states (numba typed lists would compile anew in
+    # every process); the shared tables once each
+    tables, mem_of = [], np.zeros(g_n, np.int64)
     for g, s in enumerate(streams):
-        for j, m in enumerate(mems):
-            if m is s.mix.mem:
-                mem_of[g] = j
-                break
-        else:
-            mem_of[g] = len(mems)
-            mems.append(s.mix.mem)
-    lists = [List(getattr(s.mix, k) for s in streams) for k in ("head", "body", "hist", "cst", "data")]
-    outs = List(s.tokens for s in streams)
+        j = next((j for j, m in enumerate(tables) if m is s.mix.mem), None)
+        if j is None:
+            j = len(tables)
+            tables.append(s.mix.mem)
+        mem_of[g] = j
+    mems = np.stack(tables)
+    del tables
+    heads = np.stack([s.mix.head for s in streams])
+    bodies = np.stack([s.mix.body for s in streams])
+    hists = np.zeros((g_n, int(max(1, n.max()))), np.int32)
+    csts = np.stack([s.mix.cst for s in streams])
+    lens = np.array([len(s.mix.data) for s in streams], np.int64)
+    datas = np.zeros((g_n, int(max(1, lens.max()))), np.uint8)
+    for g, s in enumerate(streams):
+        datas[g, : lens[g]] = s.mix.data
+    outs = np.zeros((g_n, int(max(1, n.max()))), np.int32)
     seg = eng.window - 1
     while (done < n).any():
         count = min(DECODE_SLICE, int((n - done).max()))
         _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, model.tokenizer.bos_id,
-                               step_args, kcs, vcs, step_tail, probs, lists[0], lists[1], mems,
-                               mem_of, lists[2], lists[3], lists[4])  # fmt: skip
-    for s in streams:
+                               step_args, kcs, vcs, step_tail, probs, heads, bodies, mems,
+                               mem_of, hists, csts, datas, lens)  # fmt: skip
+    for g, s in enumerate(streams):
+        s.tokens[:] = outs[g, : s.n]
         s.done = s.n
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
-from numba.typed import List
 
 from lmzip.coder import dec_advance, dec_new, dec_overrun, dec_target, enc_finish, enc_new, enc_put
 from lmzip.ctxmodels import (
@@ -309,8 +308,8 @@ def _encode_lockstep(heads, bodies, mem, hists, p_blocks, toks, counts, csts, ou
     for i in range(n):
         for g in range(counts.shape[0]):
             if i < counts[g]:
-                pos[g] = _encode_token(heads[g], bodies[g], mem, hists[g], p_blocks[g][i],
-                                       toks[g][i], csts[g], outs[g], pos[g])  # fmt: skip
+                pos[g] = _encode_token(heads[g], bodies[g], mem, hists[g], p_blocks[g, i],
+                                       toks[g, i], csts[g], outs[g], pos[g])  # fmt: skip
 
 
 @njit(cache=True, nogil=True)  # chunks may be coded in parallel threads
@@ -409,19 +408,19 @@ class GroupEncoder:
         """p_blocks[g], tokens[g]: chunk g's next block (None or empty once it has ended)."""
         if len(p_blocks) != self.g or len(tokens) != self.g:
             raise ValueError(f"one block per chunk of the group ({self.g})")
-        ps, ts = List(), List()  # numba typed lists: the blocks are not copied
-        counts = np.zeros(self.g, np.int64)
+        # one [G, n, V] block (a copy: numba typed lists would avoid it, but they compile
+        # anew in every process, ~1 s, and a signal during that compilation was lost)
+        counts = np.array([0 if t is None else len(t) for t in tokens], np.int64)
+        n = int(counts.max(initial=0))
+        p_all = np.zeros((self.g, n, self.V), np.int64)
+        t_all = np.zeros((self.g, n), np.int32)
         for g in range(self.g):
-            p, t = p_blocks[g], tokens[g]
-            if t is None or len(t) == 0:
-                p, t = np.zeros((0, self.V), np.int64), np.zeros(0, np.int32)
-            p, t = _check_inputs(p, t, self.V)
-            if self.heads[g, H_N] + len(t) > self.heads[g, H_MAXTOK]:
-                raise ValueError("more tokens than max_tokens")
-            ps.append(p)
-            ts.append(t)
-            counts[g] = len(t)
-        _encode_lockstep(self.heads, self.bodies, self.mem, self.hists, ps, ts, counts,
+            if counts[g]:
+                p, t = _check_inputs(p_blocks[g], tokens[g], self.V)
+                if self.heads[g, H_N] + counts[g] > self.heads[g, H_MAXTOK]:
+                    raise ValueError("more tokens than max_tokens")
+                p_all[g, : counts[g]], t_all[g, : counts[g]] = p, t
+        _encode_lockstep(self.heads, self.bodies, self.mem, self.hists, p_all, t_all, counts,
                          self.csts, self.outs, self.pos)  # fmt: skip
 
     def finish(self) -> list[bytes]:
