@@ -431,45 +431,37 @@ def _decode_single(model: LoadedModel, s: _Stream, precision: int) -> None:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, bos, step_args, kcs, vcs,
-                           step_tail, probs, heads, bodies, mems, mem_of, hists, csts, datas,
-                           lens):  # fmt: skip
+def _decode_slice_lockstep(count, io, n, outs, seg, bos, step_args, kcs, vcs, step_tail, probs,
+                           heads, bodies, mems, mem_of, hists, csts, datas, lens):  # fmt: skip
     """`count` lock-step positions of mixed streams g = 0..G-1 (file order): their LM steps in
     parallel (numba's threads; each stream has its own caches, so every row is computed by the
     same code as alone), then their tokens decoded one stream after the other in order, the
     order the group's shared bucket table is updated in (format_spec/mixer.md 4.2). Per-stream
-    state is stacked in 2-D arrays (payload g is datas[g, :lens[g]])."""
-    g_n = inp.shape[0]
+    state is stacked in 2-D arrays: io[g] is _decode_single's io of stream g, payload g is
+    datas[g, :lens[g]]."""
+    g_n = io.shape[0]
     for _ in range(count):
         for g in prange(g_n):
-            if done[g] < n[g]:
-                capped = rowops.step_all(inp[g : g + 1], pos[g : g + 1], *step_args, kcs[g],
-                                         vcs[g], *step_tail)  # fmt: skip
-                probs[g] = rowops.probs_rows(capped, step_tail[4], step_tail[5], step_tail[6])[0]
+            if io[g, 2] < n[g]:
+                probs[g] = _next_row(io[g], step_args, kcs[g], vcs[g], step_tail)
         for g in range(g_n):
-            if done[g] < n[g]:
+            if io[g, 2] < n[g]:
                 tok = mix_decode_token(heads[g], bodies[g], mems[mem_of[g]], hists[g], csts[g],
                                        datas[g, : lens[g]], probs[g])  # fmt: skip
-                outs[g, done[g]] = tok
-                done[g] += 1
-                if done[g] % seg == 0:
-                    inp[g], pos[g] = bos, 0
-                else:
-                    inp[g], pos[g] = tok, done[g] % seg
+                _advance(io[g], outs[g], tok, seg, bos)
 
 
 def _decode_lockstep(model: LoadedModel, streams: list) -> None:
     """Decode mixed streams together with the compiled lock-step slices (CPU, fused engine)."""
     eng = model.engine
     step_args, step_tail = eng.step_all_args()
-    states = [eng.new_state(1) for _ in streams]
-    kcs = np.stack([st.k_np for st in states])
-    vcs = np.stack([st.v_np for st in states])
-    del states
     g_n = len(streams)
-    inp = np.full(g_n, model.tokenizer.bos_id, np.int64)
-    pos = np.zeros(g_n, np.int64)
-    done = np.zeros(g_n, np.int64)
+    one = eng.new_state(1)  # each stream its own caches, stacked: kcs[g] is a one-stream cache
+    kcs = np.zeros((g_n,) + one.k_np.shape, one.k_np.dtype)
+    vcs = np.zeros((g_n,) + one.v_np.shape, one.v_np.dtype)
+    del one
+    io = np.zeros((g_n, 3), np.int64)  # per stream: next input token, its position, done
+    io[:, 0] = model.tokenizer.bos_id
     n = np.array([s.n for s in streams], np.int64)
     probs = np.empty((g_n, eng.vocab_size), np.int64)
     # stacked copies of the streams' fresh states (numba typed lists would compile anew in
@@ -493,11 +485,11 @@ def _decode_lockstep(model: LoadedModel, streams: list) -> None:
         datas[g, : lens[g]] = s.mix.data
     outs = np.zeros((g_n, int(max(1, n.max()))), np.int32)
     seg = eng.window - 1
-    while (done < n).any():
-        count = min(DECODE_SLICE, int((n - done).max()))
-        _decode_slice_lockstep(count, inp, pos, done, n, outs, seg, model.tokenizer.bos_id,
-                               step_args, kcs, vcs, step_tail, probs, heads, bodies, mems,
-                               mem_of, hists, csts, datas, lens)  # fmt: skip
+    while (io[:, 2] < n).any():
+        count = min(DECODE_SLICE, int((n - io[:, 2]).max()))
+        _decode_slice_lockstep(count, io, n, outs, seg, model.tokenizer.bos_id, step_args, kcs,
+                               vcs, step_tail, probs, heads, bodies, mems, mem_of, hists, csts,
+                               datas, lens)  # fmt: skip
     for g, s in enumerate(streams):
         s.tokens[:] = outs[g, : s.n]
         s.done = s.n
