@@ -19,16 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from numba import njit, prange
 
 import lmzip
 from lmzip import coder, container, rowops, stream, transform
+from lmzip.cpu_engine import CpuEngine, build_tables
 from lmzip.describe import info  # noqa: F401  (lmzip.api.info, as before)
-from lmzip.engine import Engine
 from lmzip.errors import FormatError, LmzipError, VersionError
 from lmzip.mixer import GroupEncoder, MixDecoder, MixerParams, mix_decode_token, new_table
-from lmzip.numerics import exp_tables_np, freq_table, lm_probs
+from lmzip.tables import exp_tables_np
 from lmzip.tokenizer import Tokenizer
 
 
@@ -119,8 +118,8 @@ def auto_chunk_size(total: int | None) -> int:
 class LoadedModel:
     path: str
     mf: container.ModelFile
-    engine: Engine
-    tokenizer: Tokenizer
+    engine: CpuEngine  # or lmzip.engine.Engine (torch: GPU, or where a CPU kernel failed its
+    tokenizer: Tokenizer  # self-test); both have the methods the pipeline calls
 
     @property
     def model_id(self) -> bytes:
@@ -173,7 +172,13 @@ def load_model(path: str | None = None, device: str = "cpu", matmul: str = "auto
         raise FormatError(f"{path}: model's tokenizer is corrupt ({type(e).__name__})") from None
     _check_config_bounds(path, mf.config)
     try:
-        engine = Engine(mf, device=device, matmul=matmul)
+        tables = build_tables(mf)
+        if device == "cpu" and matmul == "auto" and CpuEngine.supports(tables):
+            engine = CpuEngine(tables)  # no torch: about a second less start-up
+        else:
+            from lmzip.engine import Engine
+
+            engine = Engine(mf, device=device, matmul=matmul, tables=tables)
     except FormatError as e:  # VersionError too; the engine does not know the file's name
         raise type(e)(f"{path}: {e}") from None
     except (TypeError, ValueError, ZeroDivisionError, OverflowError, IndexError, KeyError) as e:
@@ -211,13 +216,13 @@ def _segments(n: int, seg: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + seg)) for s in range(0, n, seg)]
 
 
-def _window_inputs(model: LoadedModel, segs: list[np.ndarray]) -> torch.Tensor:
-    """[BOS, t_0 .. t_{n-2}] per segment, right-padded (causality makes padding inert)."""
+def _window_inputs(model: LoadedModel, segs: list[np.ndarray]) -> np.ndarray:
+    """[BOS, t_0 .. t_{n-2}] per segment (int64), right-padded (causality makes padding inert)."""
     width = max(len(s) for s in segs)
-    inp = torch.zeros(len(segs), width, dtype=torch.int64)
+    inp = np.zeros((len(segs), width), np.int64)
     inp[:, 0] = model.tokenizer.bos_id
     for j, s in enumerate(segs):
-        inp[j, 1 : len(s)] = torch.from_numpy(s[:-1].astype(np.int64))
+        inp[j, 1 : len(s)] = s[:-1]
     return inp
 
 
@@ -227,22 +232,17 @@ def lm_probabilities(model: LoadedModel, tokens: np.ndarray, batch: int) -> Iter
     per_pass = max(1, min(batch, FORWARD_WINDOWS))
     for i in range(0, len(segs), per_pass):
         group = segs[i : i + per_pass]
-        p = lm_probs(model.engine.forward(_window_inputs(model, group)))
+        p = model.engine.probs_np(_window_inputs(model, group))
         for j, s in enumerate(group):
             yield p[j, : len(s)]
 
 
-def _lm_symbols(p: torch.Tensor, targets: np.ndarray, precision: int):
+def _lm_symbols(p: np.ndarray, targets: np.ndarray, precision: int):
     """(cum, freq) of each target under the frequency table of its row of p (the coder's input)."""
-    if p.device.type == "cpu":
-        cum = np.empty(len(targets), np.int64)
-        freq = np.empty(len(targets), np.int64)
-        rowops.lm_symbols_rows(p.contiguous().numpy(), targets.astype(np.int64), precision, cum, freq)
-        return cum, freq
-    f = freq_table(p, precision)
-    cum = f.cumsum(dim=-1) - f
-    t = torch.from_numpy(targets.astype(np.int64))[:, None]
-    return cum.gather(1, t)[:, 0].numpy(), f.gather(1, t)[:, 0].numpy()
+    cum = np.empty(len(targets), np.int64)
+    freq = np.empty(len(targets), np.int64)
+    rowops.lm_symbols_rows(np.ascontiguousarray(p), targets.astype(np.int64), precision, cum, freq)
+    return cum, freq
 
 
 @dataclass
@@ -324,20 +324,30 @@ def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, ba
     genc = GroupEncoder(mixer, v, [len(toks[i]) for i in mixed]) if mixed else None
     gens = [lm_probabilities(model, t, batch) for t in toks]
     pos = 0
-    # the segments of every chunk cover the same positions (window - 1 tokens each), so the
-    # group's lock-step order holds block by block
-    for ps in itertools.zip_longest(*gens):
+    def code_block(ps, pos):
         for i, p in enumerate(ps):
             if p is not None:
-                seg = toks[i][pos : pos + len(p)]
                 sl = slice(pos, pos + len(p))
-                cums[i][sl], freqs[i][sl] = _lm_symbols(p, seg, precision)
+                cums[i][sl], freqs[i][sl] = _lm_symbols(p, toks[i][sl], precision)
         if genc is not None:
             blocks = [ps[i] for i in mixed]
-            genc.feed([b.numpy() if b is not None else None for b in blocks],
-                      [toks[i][pos : pos + len(b)] if b is not None else None
-                       for i, b in zip(mixed, blocks)])  # fmt: skip
-        pos += model.engine.window - 1
+            genc.feed(blocks, [toks[i][pos : pos + len(b)] if b is not None else None
+                               for i, b in zip(mixed, blocks)])  # fmt: skip
+
+    # the blocks of one LM pass are coded (table lookups, mixer: serial, compiled without the
+    # GIL) on a thread of their own while the LM's kernels compute the next pass; in order (one
+    # thread), at most a pass of blocks in flight (memory). The segments of every chunk cover
+    # the same positions (window - 1 tokens each), so the group's lock-step order holds block
+    # by block.
+    pending: deque = deque()
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="lmzip-coder") as coder_thread:
+        for ps in itertools.zip_longest(*gens):
+            while len(pending) > FORWARD_WINDOWS:
+                pending.popleft().result()
+            pending.append(coder_thread.submit(code_block, ps, pos))
+            pos += model.engine.window - 1
+        while pending:
+            pending.popleft().result()
     lm = []
     for cum, freq in zip(cums, freqs):
         payload = bytes(coder.encode_symbols(cum.astype(np.uint64), freq.astype(np.uint64),
@@ -554,9 +564,15 @@ def _worker_init(model_path: str, threads: int) -> None:
     # Ctrl-C reaches the whole process group: the parent alone handles it (removes its temp
     # file, terminates the workers); a worker would only print a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    rowops.set_threads(threads)
     _WORKER["model"] = load_model(model_path)
+    _set_threads(threads, threads)
+
+
+def _set_threads(torch_threads: int, kernel_threads: int) -> None:
+    """Threads of the numba kernels, and of torch where the engine is the torch one (imported)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, torch_threads))
+    rowops.set_threads(kernel_threads)
 
 
 def _worker_encode(args):
@@ -585,8 +601,7 @@ def _run_ordered(fn, jobs: Iterator, workers: int, model: LoadedModel, threads: 
         # a single job in flight (one group, or a batch of streams): intra-op threads are the
         # only parallelism left; decoding passes 1 to torch (its small GEMMs do not pay for
         # threads) and the cores' count to the numba kernels (a group's lock-step LM steps)
-        torch.set_num_threads(max(1, threads))
-        rowops.set_threads(threads if kernel_threads is None else kernel_threads)
+        _set_threads(threads, threads if kernel_threads is None else kernel_threads)
         for job in jobs:
             yield fn(job)
         return
@@ -913,6 +928,8 @@ def default_output(input: str, decompress: bool) -> str:
 
 def _worker_verify(args):
     """Per chunk: both payloads, their ideal costs, and the float reference's nats."""
+    import torch
+
     from lmzip.export import gpt_from_model_file
     from lmzip.model import token_nll
     from lmzip.tokenizer import golf_byte_counts
@@ -930,10 +947,10 @@ def _worker_verify(args):
         for i in range(0, len(segs), batch):
             group = segs[i : i + batch]
             inp = _window_inputs(lm, group)
-            full = torch.cat([inp, torch.zeros(len(group), 1, dtype=torch.int64)], dim=1)
+            full = np.concatenate([inp, np.zeros((len(group), 1), np.int64)], axis=1)
             for j, s in enumerate(group):
-                full[j, 1 : len(s) + 1] = torch.from_numpy(s.astype(np.int64))
-            nll = token_nll(_WORKER["reference"], full)
+                full[j, 1 : len(s) + 1] = s
+            nll = token_nll(_WORKER["reference"], torch.from_numpy(full))
             for j, s in enumerate(group):
                 nats += float(nll[j, : len(s)].sum())
                 golf += int(golf_byte_counts(lm.tokenizer, np.r_[bos, s])[1:].sum())

@@ -12,7 +12,6 @@ attention probabilities Q16, logits Q16, per-row activation scales Q24, weight s
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,38 +19,35 @@ import torch
 
 from lmzip import rowops
 from lmzip.container import ModelFile
-from lmzip.errors import FormatError, VersionError
+from lmzip.cpu_engine import (  # noqa: F401  (lmzip.engine.X, as before)
+    AQ,
+    H_MAX,
+    I64_MAX,
+    LINEARS,
+    LOGIT_MAX,
+    QK_MAX,
+    RES_MAX,
+    SCALE_MAX,
+    V_MAX,
+    CpuEngine,
+    EngineTables,
+    Linear,
+    build_tables,
+    fused_linear_ok,
+    parallel_linear_ok,
+)
 from lmzip.kernels import MatMul
-from lmzip.model import ModelConfig
 from lmzip.numerics import (
     ATT_EXP_SIZE,
-    NUMERICS_VERSION,
     att_exp_table,
     div_round,
-    exp_tables_np,
     isqrt,
-    isqrt_int,
+    lm_probs,
     rshift_round,
     softcap_q16,
 )
 
-RES_MAX = (1 << 31) - 1  # residual clamp, Q12 (|x| < 524288: trained residuals reach 5e4)
-QK_MAX = (1 << 24) - 1  # q, k clamp before QK-norm, Q12
-H_MAX = (1 << 23) - 1  # MLP hidden clamp, Q12 (h^2 < 2^46 keeps 16383 * h^2 < 2^60)
-AQ = 16383  # activations are 15-bit: int8 pairs (hi, lo) with a = 128 hi + lo
-V_MAX = (1 << 22) - 1  # v clamp, Q10
-LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
-I64_MAX = (1 << 63) - 1
 STEP_ALL_MAX_B = 64  # batches up to which a step runs as one compiled call
-SCALE_MAX = 1 << 27  # weight scales must be <= 8 (Q24): |t * WS| < 2^35 * 2^27 < 2^63
-
-
-def _q24(values: np.ndarray, what: str, limit: int) -> torch.Tensor:
-    """float16 values -> exact Q24 integers (every float16 is a multiple of 2^-24)."""
-    v = np.asarray(values, dtype=np.float16).astype(np.float64) * (1 << 24)
-    if not np.all(np.isfinite(v)) or np.any(np.abs(v) > limit):
-        raise FormatError(f"model tensor {what} has values out of the engine's range")
-    return torch.from_numpy(v.astype(np.int64))
 
 
 def _bitlength(v: torch.Tensor) -> torch.Tensor:
@@ -63,62 +59,19 @@ def _bitlength(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v > 0, n + 1, n)
 
 
-def _linear_selftest(kernel) -> bool:
-    """Adversarial rows (every product at its extreme, one sign and alternating) and random ones
-    through `kernel`, against int64 numpy, at the largest K the engine accepts."""
-    rng = np.random.default_rng(99)
-    for k, qmax in ((192, 127), (1031, 127), (4226, 31)):
-        a = np.stack([np.full(k, 16383), np.full(k, -16383),
-                      np.where(np.arange(k) % 2, 16383, -16383)]
-                     + list(rng.integers(-16383, 16384, (4, k)))).astype(np.int64)  # fmt: skip
-        w = rng.integers(-qmax, qmax + 1, (9, k)).astype(np.int8)
-        w[0], w[1] = qmax, -qmax
-        a_scale = np.full(len(a), 1 << 16, np.int64)
-        ws = np.full(len(w), 1 << 24, np.int64)
-        want = a @ w.astype(np.int64).T  # unit scales (A = 2^16, WS = 2^24, shift 24): y = acc
-        for m in (1, 2, len(a)):
-            if not np.array_equal(kernel(a[:m], w, a_scale[:m], ws, 24, -I64_MAX, I64_MAX),
-                                  want[:m]):  # fmt: skip
-                return False
-    return True
-
-
-@functools.cache
-def fused_linear_ok() -> bool:
-    """Start-up self-test of rowops.linear_i16 on this machine. Integer arithmetic cannot round,
-    but a miscompiled kernel must never code a file: where this fails, the engine uses the
-    self-tested torch products instead."""
-    return _linear_selftest(rowops.linear_i16)
-
-
-@functools.cache
-def parallel_linear_ok() -> bool:
-    """The same for rowops.linear_i16_par, at its first use (the teacher-forced passes; decoding
-    never needs it); where it fails, those passes use linear_i16."""
-    return _linear_selftest(rowops.linear_i16_par)
-
-
 class _Linear:
     """int8 weights [out, in] with Q24 per-row scales; y = (a @ W^T) * A * WS."""
 
-    def __init__(self, mf: ModelFile, name: str, device, prefer: str):
-        qt = mf.tensors[name]
-        qmax = {"q6": 31, "q8": 127}.get(qt.kind)
-        vals = np.asarray(qt.values)
-        if qmax is None or vals.ndim != 2 or np.abs(vals.astype(np.int16)).max(initial=0) > qmax:
-            raise FormatError(f"model tensor {name} is not a valid q6/q8 matrix")
-        self.shape, self.qmax = vals.shape, qmax
-        self.ws = _q24(qt.scales, name, SCALE_MAX).to(device)
-        if self.ws.min() < 0:
-            raise FormatError(f"model tensor {name} has negative scales")
-        self.rows = torch.from_numpy(vals.astype(np.int8)).to(device)  # for embedding lookups
+    def __init__(self, lin: Linear, device, prefer: str):
+        self.shape, self.qmax = lin.w.shape, lin.qmax
+        self.ws = torch.from_numpy(lin.ws).to(device)
+        self.rows = torch.from_numpy(lin.w).to(device)  # for embedding lookups
         self._prefer, self._mm = prefer, None
-        self.ws_np = self.ws.cpu().numpy()
+        self.ws_np = lin.ws
         # the fused CPU path (rowops.linear_i16): exact int32 sums while K * AQ * qmax < 2^31
-        k = vals.shape[1]
         cpu = self.ws.device.type == "cpu"
-        exact = cpu and k * AQ * qmax < (1 << 31) and fused_linear_ok()
-        self.w_rows = self.rows.numpy() if exact else None
+        exact = cpu and lin.fused_exact() and fused_linear_ok()
+        self.w_rows = lin.w if exact else None
 
     @property
     def mm(self) -> MatMul:
@@ -164,110 +117,40 @@ class DecodeState:
 
 class Engine:
     def __init__(
-        self, mf: ModelFile, device: str = "cpu", matmul: str = "auto", fused: bool | None = None
+        self,
+        mf: ModelFile | None,
+        device: str = "cpu",
+        matmul: str = "auto",
+        fused: bool | None = None,
+        tables: EngineTables | None = None,
     ):
-        if mf.numerics_version != NUMERICS_VERSION:
-            raise VersionError(
-                f"model uses numerics version {mf.numerics_version}; this lmzip supports "
-                f"version {NUMERICS_VERSION}"
-            )
-        try:
-            self.cfg = cfg = ModelConfig.from_dict(mf.config)
-        except (TypeError, ValueError) as e:
-            raise FormatError(f"model config is invalid: {e}") from None
+        """From a container (checked by cpu_engine.build_tables), or from its `tables`."""
+        t = tables if tables is not None else build_tables(mf)
+        self.cfg = cfg = t.cfg
         self.device = torch.device(device)
         dev = self.device
         # fused numba kernels on CPU; the torch reference elsewhere (and in tests)
         self.fused = self.device.type == "cpu" if fused is None else fused
-        need = ["tok_emb", "skip_weights", "rope"] + [
-            f"blocks.{i}.{n}"
-            for i in range(cfg.n_layer)
-            for n in ("attn.q", "attn.k", "attn.v", "attn.o", "attn.gain", "mlp.up", "mlp.down")
-        ]
-        missing = [n for n in need if n not in mf.tensors]
-        if missing:
-            raise FormatError(f"model is missing tensor {missing[0]}")
         self.d, self.h, self.kv, self.e = cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.vocab_size, self.window = cfg.vocab_size, cfg.seq_len
-        self.sqd = isqrt_int(cfg.d_model << 32)  # sqrt(D) in Q16
-        self.sqe = isqrt_int(cfg.head_dim << 32)  # sqrt(E) in Q16
-        self.emb = _Linear(mf, "tok_emb", dev, matmul)
-        if self.emb.shape != (cfg.vocab_size, cfg.d_model):
-            raise FormatError("model tensor tok_emb has the wrong shape")
+        self.sqd, self.sqe = t.sqd, t.sqe
+        self.emb = _Linear(t.emb, dev, matmul)
         self.layers = []
-        for i in range(cfg.n_layer):
-            p = f"blocks.{i}."
-            lay = {
-                n: _Linear(mf, p + n, dev, matmul)
-                for n in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")
-            }
-            shapes = {
-                "attn.q": (self.h * self.e, self.d),
-                "attn.k": (self.kv * self.e, self.d),
-                "attn.v": (self.kv * self.e, self.d),
-                "attn.o": (self.d, self.h * self.e),
-                "mlp.up": (cfg.mlp_hidden, self.d),
-                "mlp.down": (self.d, cfg.mlp_hidden),
-            }
-            for n, shp in shapes.items():
-                if lay[n].shape != shp:
-                    raise FormatError(f"model tensor {p + n} has the wrong shape")
-            gain = _q24(np.asarray(mf.tensors[p + "attn.gain"].values).reshape(-1), p, 1 << 30)
-            if gain.numel() != self.h:
-                raise FormatError(f"model tensor {p}attn.gain has the wrong shape")
-            # G = gain / sqrt(E) in Q24 (numerics.md "Attention scores")
-            lay["gain"] = div_round(gain << 16, torch.tensor(self.sqe)).to(dev)
+        for lay_t in t.layers:
+            lay = {n: _Linear(lay_t[n], dev, matmul) for n in LINEARS}
+            lay["gain"] = torch.from_numpy(lay_t["gain"]).to(dev)
             self.layers.append(lay)
-        skip = np.asarray(mf.tensors["skip_weights"].values).reshape(-1)
-        if skip.size != cfg.n_skip * cfg.d_model:
-            raise FormatError("model tensor skip_weights has the wrong shape")
-        self.skip = _q24(skip, "skip_weights", 1 << 30).view(cfg.n_skip, cfg.d_model).to(dev)
-        self.cos, self.sin = self._rope_tables(np.asarray(mf.tensors["rope"].values))
-        self.cos_np, self.sin_np = self.cos.cpu().numpy(), self.sin.cpu().numpy()
+        self.skip = torch.from_numpy(t.skip).to(dev)
+        self.cos, self.sin = torch.from_numpy(t.cos).to(dev), torch.from_numpy(t.sin).to(dev)
+        self.cos_np, self.sin_np = t.cos, t.sin
         self.att_exp = att_exp_table(dev)
         # the compiled kernels read ATT as float64 (exact: every entry < 2^31; rowops._att_row)
         self.att_np = self.att_exp.cpu().numpy().astype(np.float64)
-        self._stacked = self._stack() if self.fused else None
-
-    def _stack(self):
-        """Arguments of rowops.step_all (the whole step in one compiled call), or None where a
-        linear's int32 sums could overflow (then steps run layer by layer)."""
-        lins = [self.emb] + [lay[n] for lay in self.layers for n in
-                             ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")]
-        if any(lin.w_rows is None for lin in lins):
-            return None
-
-        def stack(name):
-            w = np.stack([lay[name].w_rows for lay in self.layers])
-            ws = np.stack([lay[name].ws_np for lay in self.layers])
-            return w, ws
-
-        args = [self.emb.w_rows, self.emb.ws_np]
-        for name in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"):
-            args += stack(name)
-        gains = np.stack([lay["gain"].numpy() for lay in self.layers])
-        skip = self.skip.numpy() if self.skip.numel() else np.zeros((1, self.d), np.int64)
-        args += [gains, skip, self.cos_np, self.sin_np, self.att_np]
-        tail = (self.sqd, self.sqe, self.e, self.cfg.logit_softcap, *exp_tables_np(),
-                np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))
-        return tuple(args), tail
-
-    # -- tables (numerics.md "RoPE") ------------------------------------------------------------
-    def _rope_tables(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        nb = max(1, (self.window - 1).bit_length())
-        if base.shape != (nb, self.e // 2, 2) or np.abs(base.astype(np.int64)).max() > 1 << 30:
-            raise FormatError("model tensor rope has the wrong shape or range")
-        base = torch.from_numpy(base.astype(np.int64))
-        pos = torch.arange(self.window)
-        c = torch.full((self.window, self.e // 2), 1 << 30, dtype=torch.int64)
-        s = torch.zeros_like(c)
-        for b in range(nb):  # multiply in the rotation by theta*2^b where bit b of pos is set
-            on = ((pos >> b) & 1).bool()[:, None]
-            cb, sb = base[b, :, 0][None, :], base[b, :, 1][None, :]
-            c2 = rshift_round(c * cb - s * sb, 30)
-            s2 = rshift_round(s * cb + c * sb, 30)
-            c, s = torch.where(on, c2, c), torch.where(on, s2, s)
-        return c.to(self.device), s.to(self.device)
+        # the whole step in one compiled call (rowops.step_all, CpuEngine's arguments), unless a
+        # linear's int32 sums could overflow or its kernel failed the self-test (layer by layer)
+        lins = [self.emb] + [lay[n] for lay in self.layers for n in LINEARS]
+        whole = self.fused and all(lin.w_rows is not None for lin in lins)
+        self._stacked = CpuEngine(t).step_all_args() if whole else None
 
     # -- row-local operations ---------------------------------------------------------------------
     def _normquant(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,6 +282,11 @@ class Engine:
 
         x = self._layers(self._embed(windows.reshape(-1)), pos, attn)
         return self._logits(x).view(n, t, -1)
+
+    def probs_np(self, windows: np.ndarray) -> np.ndarray:
+        """`forward` of int64 windows, then the Q30 probability rows [N, T, V] as numpy
+        (CpuEngine.probs_np's integers)."""
+        return lm_probs(self.forward(torch.from_numpy(windows))).cpu().numpy()
 
     def new_state(self, batch: int) -> DecodeState:
         shp = (batch, self.kv, self.window, self.e)

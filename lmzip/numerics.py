@@ -11,27 +11,20 @@ All tensors are torch.int64 unless stated otherwise.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-NUMERICS_VERSION = 1
-
-ONE30 = 1 << 30
-# round(2^30 * exp(-1)), round(2^30 * exp(-1/256)), round(2^30 * exp(-1/65536)), from 40-digit
-# decimal arithmetic; tests recompute them with the decimal module.
-EXP_C1 = 395007542
-EXP_CA = 1069555701
-EXP_CB = 1073725440
-EXP_NMAX = 24  # exp(-x) for x >= 24 nats is 0 in Q30 precision
-ATT_EXP_SIZE = EXP_NMAX * 256  # attention exp table: one entry per 1/256 nat
-
-
-def rshift_round(v: torch.Tensor, s: int) -> torch.Tensor:
-    """round(v / 2^s), ties toward +infinity: floor((v + 2^(s-1)) / 2^s)."""
-    if s <= 0:
-        return v << (-s)
-    return (v + (1 << (s - 1))) >> s
+from lmzip.tables import (  # noqa: F401  (the constants, as lmzip.numerics.X too)
+    ATT_EXP_SIZE,
+    EXP_C1,
+    EXP_CA,
+    EXP_CB,
+    EXP_NMAX,
+    NUMERICS_VERSION,
+    ONE30,
+    att_exp_np,
+    exp_tables_np,
+    rshift_round,
+)
 
 
 def div_round(n: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -63,21 +56,9 @@ def isqrt_int(n: int) -> int:
     return math.isqrt(n)
 
 
-@functools.cache
 def _exp_tables_cpu() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TN[n] ~ 2^30 e^-n (n < 24), TA[a] ~ 2^30 e^-(a/256), TB[b] ~ 2^30 e^-(b/65536)."""
-
-    def recur(c: int, n: int) -> list[int]:
-        out = [ONE30]
-        for _ in range(n - 1):
-            out.append((out[-1] * c + (1 << 29)) >> 30)
-        return out
-
-    return (
-        torch.tensor(recur(EXP_C1, EXP_NMAX), dtype=torch.int64),
-        torch.tensor(recur(EXP_CA, 256), dtype=torch.int64),
-        torch.tensor(recur(EXP_CB, 256), dtype=torch.int64),
-    )
+    """TN, TA, TB (lmzip/tables.py) as tensors."""
+    return tuple(torch.from_numpy(t.copy()) for t in exp_tables_np())
 
 
 _TABLE_CACHE: dict = {}
@@ -102,17 +83,11 @@ def exp_q30(x: torch.Tensor) -> torch.Tensor:
 
 
 def att_exp_table(device) -> torch.Tensor:
-    """ATT[i] = exp_q30(i * 256): attention weights use 1/256-nat resolution (one lookup)."""
+    """ATT[i] = exp_q30(i * 256), and a final 0 (lmzip/tables.py), on `device`."""
     key = ("att", str(device))
     if key not in _TABLE_CACHE:
-        idx = torch.arange(ATT_EXP_SIZE, dtype=torch.int64) << 8
-        tab = exp_q30(idx)
-        _TABLE_CACHE[key] = torch.cat([tab, torch.zeros(1, dtype=torch.int64)]).to(device)
+        _TABLE_CACHE[key] = torch.from_numpy(att_exp_np().copy()).to(device)
     return _TABLE_CACHE[key]
-
-
-def exp_tables_np():
-    return tuple(t.numpy() for t in _exp_tables_cpu())
 
 
 def softcap_q16(logits: torch.Tensor, cap: int) -> torch.Tensor:

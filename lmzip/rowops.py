@@ -14,6 +14,9 @@ from numba import njit, prange
 
 from lmzip.coder import dec_symbol
 
+PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
+ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels
+
 
 @njit(cache=True, inline="always")
 def _isqrt(n):
@@ -127,16 +130,11 @@ def _quant_row(row, amax, aq, out):
         out[c] = _rdiv_inv(aq * row[c], d2, inv2)
 
 
-@njit(cache=True)
-def normquant(x, sqd, aq):
-    """Rows x int64 [N, D] Q12 -> (int64 [N, D] in [-aq, aq], Q24 scale [N]): RMSNorm + 15-bit
-    quantization; squares of x >> k with k = max(0, bitlength(amax) - 24) (numerics.md)."""
-    n, d = x.shape
-    a = np.empty((n, d), np.int64)
-    scale = np.empty(n, np.int64)
-    for r in range(n):
+@njit(cache=True, inline="always")
+def _normquant_block(x, sqd, aq, a, scale, r0, r1):
+    for r in range(r0, r1):
         amax = np.int64(0)
-        for c in range(d):
+        for c in range(x.shape[1]):
             v = x[r, c]
             av = -v if v < 0 else v
             if av > amax:
@@ -145,30 +143,65 @@ def normquant(x, sqd, aq):
         while (amax >> (k + 24)) > 0:
             k += 1
         ss = np.int64(0)
-        for c in range(d):
+        for c in range(x.shape[1]):
             v = x[r, c] >> k
             ss += v * v
         root = _isqrt(ss) << k
         _quant_row(x[r], amax, aq, a[r])
         scale[r] = _rdiv(amax * (sqd << 8), aq * root)
-    return a, scale
 
 
 @njit(cache=True)
-def absquant(y, shift, aq):
-    """Rows y int64 [N, M] -> (int64 in [-aq, aq], Q24 scale = rdiv(amax << shift, aq))."""
-    n, m = y.shape
-    a = np.empty((n, m), np.int64)
+def normquant(x, sqd, aq):
+    """Rows x int64 [N, D] Q12 -> (int64 [N, D] in [-aq, aq], Q24 scale [N]): RMSNorm + 15-bit
+    quantization; squares of x >> k with k = max(0, bitlength(amax) - 24) (numerics.md)."""
+    a = np.empty(x.shape, np.int64)
+    scale = np.empty(x.shape[0], np.int64)
+    _normquant_block(x, sqd, aq, a, scale, 0, x.shape[0])
+    return a, scale
+
+
+@njit(cache=True, parallel=True)
+def normquant_par(x, sqd, aq):
+    """normquant with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
+    n = x.shape[0]
+    a = np.empty(x.shape, np.int64)
     scale = np.empty(n, np.int64)
-    for r in range(n):
+    for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        _normquant_block(x, sqd, aq, a, scale, b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK))
+    return a, scale
+
+
+@njit(cache=True, inline="always")
+def _absquant_block(y, shift, aq, a, scale, r0, r1):
+    for r in range(r0, r1):
         amax = np.int64(0)
-        for c in range(m):
+        for c in range(y.shape[1]):
             v = y[r, c]
             av = -v if v < 0 else v
             if av > amax:
                 amax = av
         _quant_row(y[r], amax, aq, a[r])
         scale[r] = _rdiv(amax << shift, np.int64(aq))
+
+
+@njit(cache=True)
+def absquant(y, shift, aq):
+    """Rows y int64 [N, M] -> (int64 in [-aq, aq], Q24 scale = rdiv(amax << shift, aq))."""
+    a = np.empty(y.shape, np.int64)
+    scale = np.empty(y.shape[0], np.int64)
+    _absquant_block(y, shift, aq, a, scale, 0, y.shape[0])
+    return a, scale
+
+
+@njit(cache=True, parallel=True)
+def absquant_par(y, shift, aq):
+    """absquant with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
+    n = y.shape[0]
+    a = np.empty(y.shape, np.int64)
+    scale = np.empty(n, np.int64)
+    for b in prange((n + ROW_BLOCK - 1) // ROW_BLOCK):
+        _absquant_block(y, shift, aq, a, scale, b * ROW_BLOCK, min(n, (b + 1) * ROW_BLOCK))
     return a, scale
 
 
@@ -294,9 +327,6 @@ def rescale(acc, a_scale, ws, shift, lo, hi):
             out[r, c] = _epilogue(np.int64(acc[r, c]), s, ws[c], shift, lo, hi)
     return out
 
-
-PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
-ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels below
 
 
 @njit(cache=True, inline="always")
@@ -452,7 +482,7 @@ def freq_rows(p, precision):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # api._code_group calls it on a thread of its own
 def lm_symbols_rows(p, targets, precision, cum, freq):
     """The range coder's symbol of targets[r] under freq_rows' table of each row p[r] (Q30
     [N, V]): cum[r] = sum of the frequencies below the target, freq[r] = the target's

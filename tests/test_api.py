@@ -312,3 +312,36 @@ def test_shipped_models_by_name_and_decompress_picks_the_files_model(
             api.decompress_file(str(lmz), str(back), None, opts, force=True)
         assert back.read_bytes() == TEXT * 3
         back.unlink()
+
+
+def test_cpu_path_without_torch_and_its_fallback(tiny_model_path, monkeypatch):
+    """On CPU the pipeline runs without importing torch (a second of start-up); where the fused
+    linear fails its self-test, load_model takes the torch engine, and the bytes are the same."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, sys\n"
+        "from lmzip import api\n"
+        f"lm = api.load_model(r'{tiny_model_path}')\n"
+        "buf, out = io.BytesIO(), io.BytesIO()\n"
+        "api.compress_stream(io.BytesIO(b'no torch here, ' * 200), buf, lm, api.CodingOptions(threads=1))\n"
+        "api.decompress_stream(io.BytesIO(buf.getvalue()), out.write, lm, api.CodingOptions(threads=1))\n"
+        "assert out.getvalue() == b'no torch here, ' * 200\n"
+        "print(type(lm.engine).__name__, 'torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["CpuEngine", "False"]
+
+    from lmzip import cpu_engine
+    from lmzip.engine import Engine
+
+    data = read_corpus("lee_news.txt.zst", 3000)
+    opts = api.CodingOptions(threads=1, chunk_size=1024)
+    fast = api.load_model(tiny_model_path)
+    assert isinstance(fast.engine, cpu_engine.CpuEngine)
+    monkeypatch.setattr(cpu_engine, "fused_linear_ok", lambda: False)
+    slow = api.load_model(tiny_model_path)
+    assert isinstance(slow.engine, Engine)
+    assert _roundtrip(fast, data, opts) == _roundtrip(slow, data, opts)

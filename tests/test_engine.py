@@ -347,3 +347,35 @@ def test_float_estimated_divisions_are_exact_floor_divisions():
         n //= 4  # 2n + d must fit int64
         got = rowops._rdiv_inv(np.int64(n), np.int64(2 * d), 1.0 / (2 * d))
         assert got == rowops._rdiv(np.int64(n), np.int64(d)) == (2 * n + d) // (2 * d), (n, d)
+
+
+def test_cpu_engine_equals_torch_engine(mf):
+    """lmzip.cpu_engine.CpuEngine (numpy and the compiled kernels, no torch: what the compressor
+    runs on CPU) gives the torch engine's integers on both paths, and the torch reference's."""
+    from lmzip.cpu_engine import CpuEngine, build_tables
+
+    tables = build_tables(mf)
+    assert CpuEngine.supports(tables)
+    cpu, ref = CpuEngine(tables), Engine(mf, fused=False)
+    w = _windows(3, cpu.window, cpu.vocab_size, seed=23)
+    want = ref.forward(w)
+    assert np.array_equal(cpu.forward_np(w.numpy()), want.numpy())
+    assert np.array_equal(cpu.forward_np(w[:1, :12].numpy()), want[:1, :12].numpy())  # few rows
+    assert np.array_equal(cpu.probs_np(w.numpy()), numerics.lm_probs_reference(want).numpy())
+    sc, sr = cpu.new_state(3), ref.new_state(3)
+    for i in range(w.size(1)):
+        pos = torch.tensor([i, i % 5, max(0, i - 9)])
+        toks = torch.stack([w[0, i], w[1, i % 5], w[2, max(0, i - 9)]])
+        got = cpu.step_np(sc, toks.numpy(), pos.numpy())
+        assert np.array_equal(got, ref.step(sr, toks, pos).numpy())
+
+
+def test_numpy_tables_equal_torch_reference():
+    """ATT and the exp tables (lmzip/tables.py, numpy) against numerics.exp_q30 (torch)."""
+    from lmzip import tables
+
+    idx = torch.arange(numerics.ATT_EXP_SIZE, dtype=torch.int64) << 8
+    assert np.array_equal(tables.att_exp_np()[:-1], numerics.exp_q30(idx).numpy())
+    assert tables.att_exp_np()[-1] == 0
+    x = torch.randint(0, 30 << 16, (50000,), generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(tables.exp_q30_np(x.numpy()), numerics.exp_q30(x).numpy())
