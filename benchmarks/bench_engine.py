@@ -5,10 +5,12 @@ Run: python benchmarks/bench_engine.py [--quick] [--models cpu,golf] [--threads 
      [--tag v2]
 
 For each model size (random weights of the size's shape: speed does not depend on the weights;
-`cpu` is the shipped `large` model's shape, 6 x 256, `golf` the ModelConfig defaults, 9 x 512) and each
-thread count (torch and numba):
-(a) teacher-forced `Engine.forward` over full windows (1024 tokens' worth), tokens/s;
-(b) incremental `Engine.step` of B streams in lockstep (B = 1, 16, 32), at positions W/4 and
+`default` is the shipped default model's shape, 4 x 192, `cpu` the shipped `large` model's,
+6 x 256, `golf` the ModelConfig defaults, 9 x 512) and each thread count (torch and numba), on
+the engine the compressor runs (lmzip.cpu_engine.CpuEngine where its kernels pass their
+self-tests, else the torch engine):
+(a) teacher-forced forward over full windows (1024 tokens' worth), tokens/s;
+(b) incremental step of B streams in lockstep (B = 1, 16, 32), at positions W/4 and
     3W/4 (full run: W/8, 3W/8, 5W/8, 7W/8): the step cost is affine in the position, so their
     mean is the mean over the window; tokens/s = B / mean step time;
 (c) where the time goes, coarsely:
@@ -61,6 +63,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {  # name -> ModelConfig kwargs (over ModelConfig defaults)
+    "default": {  # the shipped default model's shape (4 x 192)
+        "vocab_size": 1024,
+        "n_layer": 4,
+        "d_model": 192,
+        "n_head": 4,
+        "n_kv_head": 2,
+        "mlp_mult": 3,
+        "seq_len": 512,
+    },
     "cpu": {  # the shipped `large` model's shape (6 x 256)
         "vocab_size": 1024,
         "n_layer": 6,
@@ -320,7 +331,7 @@ def forward_breakdown(eng, win: torch.Tensor, ref: torch.Tensor, runs: int) -> d
         if not torch.equal(out, ref):
             raise RuntimeError("instrumented forward differs from the plain one")
         d = dict(st.time)
-        d["rest (torch ops, python)"] = d.pop("total")
+        d["rest (glue: numpy or torch ops, python)"] = d.pop("total")
         samples.append(d)
     stages = {k: statistics.median(d.get(k, 0.0) for d in samples) for k in samples[0]}
     total = sum(stages.values())
@@ -454,8 +465,26 @@ def gemm_limit(cfg, wmax: dict, m: int, runs: int) -> dict:
     }
 
 
+class CpuForward:
+    """lmzip.cpu_engine.CpuEngine (what the compressor runs on CPU) behind the torch engine's
+    forward / new_state / step calls that the timers make."""
+
+    def __init__(self, cpu):
+        self.cpu, self.window, self.vocab_size = cpu, cpu.window, cpu.vocab_size
+
+    def forward(self, win: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.cpu.forward_np(win.numpy()))
+
+    def new_state(self, b: int):
+        return self.cpu.new_state(b)
+
+    def step(self, state, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.cpu.step_np(state, tok.numpy(), pos.numpy()))
+
+
 # -- the run -----------------------------------------------------------------------------------
 def bench_model(name: str, args) -> dict:
+    from lmzip.cpu_engine import CpuEngine, build_tables
     from lmzip.engine import Engine
     from lmzip.model import ModelConfig
 
@@ -464,6 +493,9 @@ def bench_model(name: str, args) -> dict:
     mf = model_file(name)
     set_threads(args.threads[0])  # the kernel choice times products at this thread count
     eng = Engine(mf)
+    tables = build_tables(mf)
+    # the timed paths: the torch-free CPU engine where it applies (as `lmzip compress` does)
+    run = CpuForward(CpuEngine(tables)) if CpuEngine.supports(tables) else eng
     qmax = {"q6": 31, "q8": 127}
     wmax = {n: qmax[mf.tensors[f"blocks.0.{n}"].kind] for n in LINEARS}
     wmax["head"] = qmax[mf.tensors["tok_emb"].kind]
@@ -482,6 +514,7 @@ def bench_model(name: str, args) -> dict:
         "n_params": cfg.n_params(),
         "gemm_kernels": kern,
         "step_all": eng._stacked is not None,
+        "engine": type(run).__name__,
         "weight_max": wmax,
         "forward_windows": n_win,
         "by_threads": {},
@@ -493,7 +526,7 @@ def bench_model(name: str, args) -> dict:
         set_threads(th)
         r = {"load_before": loadavg()}
         log(f"  threads {th}: forward ({n_win} x {eng.window} tokens)")
-        r["forward"], ref = forward_throughput(eng, win, args.runs, args.budget)
+        r["forward"], ref = forward_throughput(run, win, args.runs, args.budget)
         log(f"    {r['forward']['tok_s']:.0f} tok/s; breakdown")
         if kern != ["f32"]:  # the timed choice did not pick f32 everywhere: show f32 too
             forced = Engine(mf, matmul="f32")
@@ -502,17 +535,17 @@ def bench_model(name: str, args) -> dict:
             r["forward_f32_forced"]["s_per_token"] = r["forward_f32_forced"]["wall_s"] / win.numel()
             r["forward_f32_forced_breakdown"] = forward_breakdown(forced, win, ref, 3)
             del forced
-        r["forward_breakdown"] = forward_breakdown(eng, win, ref, 3 if args.quick else 5)
+        r["forward_breakdown"] = forward_breakdown(run, win, ref, 3 if args.quick else 5)
         r["step"] = {}
         for b in BATCHES:
-            r["step"][b] = step_throughput(eng, b, positions, args.runs, args.budget / 2)
+            r["step"][b] = step_throughput(run, b, positions, args.runs, args.budget / 2)
             log(f"    step B={b}: {r['step'][b]['tok_s']:.0f} tok/s")
         mid = eng.window // 2
         r["step_breakdown"] = {}
         for b in (1, 32):
             pos = torch.full((b,), mid, dtype=torch.int64)
-            st, tok = eng.new_state(b), torch.zeros(b, dtype=torch.int64)
-            t = timed(lambda: eng.step(st, tok, pos), 9, args.budget / 4)["cpu_s"]
+            st, tok = run.new_state(b), torch.zeros(b, dtype=torch.int64)
+            t = timed(lambda: run.step(st, tok, pos), 9, args.budget / 4)["cpu_s"]
             r["step_breakdown"][b] = step_breakdown(eng, b, mid, t, args.runs)
         log(f"  threads {th}: exact GEMM limit")
         lim = {"forward": gemm_limit(cfg, wmax, win.numel(), args.runs)}
@@ -639,7 +672,7 @@ def markdown(report: dict) -> str:
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 runs, positions W/4 and 3W/4")
-    ap.add_argument("--models", default="cpu,golf", help="comma list of: " + ",".join(MODELS))
+    ap.add_argument("--models", default="default,golf", help="comma list of: " + ",".join(MODELS))
     ap.add_argument("--threads", default="1", help="thread counts (torch and numba)")
     ap.add_argument("--runs", type=int, default=None, help="runs per median (default 5, quick 3)")
     ap.add_argument("--tag", default="", help="file name tag: engine-DATE-TAG.json")
