@@ -63,11 +63,11 @@ _fixed_mmap_threshold()
 
 # Chunk size: adaptivity wants long chunks, decoding wants one chunk per core (each chunk decodes
 # one token after another). The default splits a file of known size in two (the 2-core machine
-# class), between 64 KiB and 4 MiB per chunk, the two halves one group sharing the mixer's table
+# class), between 32 KiB and 4 MiB per chunk, the two halves one group sharing the mixer's table
 # (MIXER_GROUP); input of unknown size (a pipe) gets 1 MiB chunks. It depends on the input size
 # only, never on --threads or the machine: same input, same bytes.
 DEFAULT_CHUNK_SIZE = 1 << 20
-MIN_AUTO_CHUNK_SIZE = 64 << 10
+MIN_AUTO_CHUNK_SIZE = 32 << 10  # a 64 kB file in two: decodes 1.4-1.5x faster, 0.7-0.8 % larger
 MAX_AUTO_CHUNK_SIZE = 4 << 20
 AUTO_CHUNK_ALIGN = 64 << 10  # halves of 1 MiB or more are rounded up to this,
 SMALL_CHUNK_ALIGN = 4 << 10  # smaller ones to this: the two chunks stay within 4 KiB

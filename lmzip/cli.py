@@ -195,7 +195,7 @@ def coding_options(fn):
               help="Code with the language model alone (no adaptive mixing).")  # fmt: skip
 @click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=None,
               help="Input bytes per chunk (two chunks form a group that shares the mixer's "
-              "tables and decodes on two cores). Default: half the input, 64 KiB-4 MiB "
+              "tables and decodes on two cores). Default: half the input, 32 KiB-4 MiB "
               "(1 MiB for a pipe).")  # fmt: skip
 def compress(input, output, model, threads, batch_size, force, quiet, lm_only, chunk_size):
     """Compress INPUT ('-' for stdin) into an .lmz file. The input is kept."""
@@ -243,7 +243,7 @@ def decompress(input, output, model, threads, batch_size, force, quiet, test):
               help="Measure sizes only; skip decompressing (much faster).")  # fmt: skip
 @click.option("--chunk-size", type=click.IntRange(1024, 64 << 20), default=None,
               help="Input bytes per chunk (two chunks form a group that shares the mixer's "
-              "tables and decodes on two cores). Default: half the input, 64 KiB-4 MiB "
+              "tables and decodes on two cores). Default: half the input, 32 KiB-4 MiB "
               "(1 MiB for a pipe).")  # fmt: skip
 def verify(files, model, threads, as_json, no_roundtrip, chunk_size):
     """Compress and decompress each FILE and compare the model's bits per byte with real bytes.

@@ -224,8 +224,10 @@ def test_auto_chunk_size_rule():
     mib = 1 << 20
     kib = 1 << 10
     assert api.auto_chunk_size(None) == mib  # a pipe: size unknown
-    assert api.auto_chunk_size(0) == api.auto_chunk_size(64 * kib) == 64 * kib  # one chunk
-    assert api.auto_chunk_size(64 * kib + 1) == 64 * kib  # two
+    assert api.auto_chunk_size(0) == api.auto_chunk_size(32 * kib) == 32 * kib  # one chunk
+    assert api.auto_chunk_size(32 * kib + 1) == 32 * kib  # two
+    assert api.auto_chunk_size(65_000) == 32 * kib  # two halves (31.7 KiB, rounded up)
+    assert api.auto_chunk_size(100_000) == 52 * kib  # not 64 KiB + 33.7 KiB
     assert api.auto_chunk_size(359_784) == 176 * kib  # lee_news: two chunks, half up to 4 KiB
     assert api.auto_chunk_size(152_089) == 76 * kib  # not 128 KiB + 20 KiB
     assert api.auto_chunk_size(2 * mib) == mib
