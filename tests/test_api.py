@@ -332,7 +332,8 @@ def test_cpu_path_without_torch_and_its_fallback(tiny_model_path, monkeypatch):
         "assert out.getvalue() == b'no torch here, ' * 200\n"
         "print(type(lm.engine).__name__, 'torch' in sys.modules)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["CpuEngine", "False"]
 
