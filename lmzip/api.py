@@ -118,8 +118,10 @@ def auto_chunk_size(total: int | None) -> int:
 class LoadedModel:
     path: str
     mf: container.ModelFile
-    engine: CpuEngine  # or lmzip.engine.Engine (torch: GPU, or where a CPU kernel failed its
-    tokenizer: Tokenizer  # self-test); both have the methods the pipeline calls
+    # or lmzip.engine.Engine (torch: the GPU, or where a CPU kernel failed its self-test); both
+    # have the methods the pipeline calls
+    engine: CpuEngine
+    tokenizer: Tokenizer
 
     @property
     def model_id(self) -> bytes:
@@ -323,15 +325,16 @@ def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, ba
     mixed = [i for i, sh in enumerate(shares) if sh]
     genc = GroupEncoder(mixer, v, [len(toks[i]) for i in mixed]) if mixed else None
     gens = [lm_probabilities(model, t, batch) for t in toks]
-    pos = 0
-    def code_block(ps, pos):
+
+    def code_block(ps, at):
+        """Table lookups and mixing of the blocks ps (one per chunk) at token position `at`."""
         for i, p in enumerate(ps):
             if p is not None:
-                sl = slice(pos, pos + len(p))
+                sl = slice(at, at + len(p))
                 cums[i][sl], freqs[i][sl] = _lm_symbols(p, toks[i][sl], precision)
         if genc is not None:
             blocks = [ps[i] for i in mixed]
-            genc.feed(blocks, [toks[i][pos : pos + len(b)] if b is not None else None
+            genc.feed(blocks, [toks[i][at : at + len(b)] if b is not None else None
                                for i, b in zip(mixed, blocks)])  # fmt: skip
 
     # the blocks of one LM pass are coded (table lookups, mixer: serial, compiled without the
@@ -340,6 +343,7 @@ def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, ba
     # the same positions (window - 1 tokens each), so the group's lock-step order holds block
     # by block.
     pending: deque = deque()
+    pos = 0
     with cf.ThreadPoolExecutor(1, thread_name_prefix="lmzip-coder") as coder_thread:
         for ps in itertools.zip_longest(*gens):
             while len(pending) > FORWARD_WINDOWS:

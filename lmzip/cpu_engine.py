@@ -195,8 +195,6 @@ class CpuEngine:
     forced windows) and `step_np` (one token per stream with KV caches), the integers of
     numerics.md. Build it with `CpuEngine.supports(tables)` true, else use lmzip.engine.Engine."""
 
-    device = "cpu"
-
     @staticmethod
     def supports(t: EngineTables) -> bool:
         """Every linear's int32 sums exact and the fused kernel's self-test passed here."""

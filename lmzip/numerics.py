@@ -50,12 +50,6 @@ def isqrt(n: torch.Tensor) -> torch.Tensor:
     return r
 
 
-def isqrt_int(n: int) -> int:
-    import math
-
-    return math.isqrt(n)
-
-
 def _exp_tables_cpu() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TN, TA, TB (lmzip/tables.py) as tensors."""
     return tuple(torch.from_numpy(t.copy()) for t in exp_tables_np())
