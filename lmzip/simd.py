@@ -1,0 +1,149 @@
+"""Exact int16 x int8 dot products written as LLVM vector code, for rowops' linear kernels.
+
+LLVM's loop vectorizer compiles the scalar int32 dot products of rowops to vpmulld (8 products
+per instruction on AVX2). These numba intrinsics emit the pairwise multiply-add that x86 has
+since SSE2 (vpmaddwd: 16 int16 products summed in pairs into 8 int32 per AVX2 instruction):
+the `llvm.x86.avx2.pmadd.wd` intrinsic where the target CPU has AVX2 (numba compiles for, and
+caches per, the host CPU; see _target_has_avx2), else the same operation written with shuffles,
+sign extensions, multiplies and adds, which every LLVM target compiles. The results are the same int32 sums as
+the scalar loops: every partial sum is below 2^31 in magnitude (the callers' bound: K * 16383 *
+max|w| < 2^31), so int32 addition is exact in any order.
+
+Each intrinsic covers the first 16 * n16 elements of its rows; the caller adds the rest (K mod 16)
+with scalar code.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llb
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+
+
+def _target_has_avx2() -> bool:
+    """Whether numba compiles for a CPU with AVX2: the host, unless NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES name another target (then only where the features say so)."""
+    if config.CPU_FEATURES is not None:
+        return "+avx2" in config.CPU_FEATURES.split(",")
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    return "+avx2" in llb.get_host_cpu_features().flatten().split(",")
+
+
+HAS_AVX2 = _target_has_avx2()
+
+_I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+_V16x8 = ir.VectorType(_I8, 16)
+_V16x16 = ir.VectorType(_I16, 16)
+_V8x32 = ir.VectorType(_I32, 8)
+
+
+def _shuffle(builder, a, b, idx):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
+
+
+def _pmadd(builder, a, b):
+    """<16 x i16> a, b -> <8 x i32> with lane i = a[2i] * b[2i] + a[2i+1] * b[2i+1]."""
+    if HAS_AVX2:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8x32, [_V16x16, _V16x16]), "llvm.x86.avx2.pmadd.wd"
+        )
+        return builder.call(fn, [a, b])
+    even, odd = [2 * i for i in range(8)], [2 * i + 1 for i in range(8)]
+    ae, ao = (builder.sext(_shuffle(builder, a, a, ix), _V8x32) for ix in (even, odd))
+    be, bo = (builder.sext(_shuffle(builder, b, b, ix), _V8x32) for ix in (even, odd))
+    return builder.add(builder.mul(ae, be), builder.mul(ao, bo))
+
+
+def _pair_sum(builder, u, v):
+    """<8 x i32> u, v -> <8 x i32> of adjacent-lane sums [u0+u1, u2+u3, v0+v1, v2+v3, u4+u5, ...]
+    (the per-128-bit-lane layout of phaddd)."""
+    lo = _shuffle(builder, u, v, [0, 2, 8, 10, 4, 6, 12, 14])
+    hi = _shuffle(builder, u, v, [1, 3, 9, 11, 5, 7, 13, 15])
+    return builder.add(lo, hi)
+
+
+def _sum4(builder, accs):
+    """The lane sums of four <8 x i32> accumulators, as four i32 (one joint reduction tree)."""
+    t = _pair_sum(
+        builder, _pair_sum(builder, accs[0], accs[1]), _pair_sum(builder, accs[2], accs[3])
+    )
+    s = builder.add(_shuffle(builder, t, t, [0, 1, 2, 3]), _shuffle(builder, t, t, [4, 5, 6, 7]))
+    return [builder.extract_element(s, ir.Constant(_I32, i)) for i in range(4)]
+
+
+def _row_ptr(context, builder, arr_type, arr, row=None, elem=_I8):
+    """Pointer to the first element of a C-contiguous 1-D array, or of row `row` of a 2-D one."""
+    a = context.make_array(arr_type)(context, builder, arr)
+    base = builder.bitcast(a.data, _I8.as_pointer())
+    if row is not None:
+        base = builder.gep(base, [builder.mul(row, builder.extract_value(a.strides, 0))])
+    return builder.bitcast(base, elem.as_pointer())
+
+
+def _contiguous(*arrays) -> bool:
+    """Rows must be contiguous: int16 1-D and int8 2-D C arrays (else no signature matches)."""
+    dts = [types.int16] * (len(arrays) - 1) + [types.int8]
+    return all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == d and a.ndim == n
+               for a, d, n in zip(arrays, dts, [1] * (len(arrays) - 1) + [2]))  # fmt: skip
+
+
+def _dot_block(builder, xs, ws, n16):
+    """Four int32 sums: x . w for the (x, w) pairs of the block (len(xs) * len(ws) == 4)."""
+    zero = ir.Constant(_V8x32, None)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+    with cgutils.for_range(builder, n16) as loop:
+        off = builder.mul(loop.index, ir.Constant(loop.index.type, 16))
+        xv = [builder.load(builder.bitcast(builder.gep(p, [off]), _V16x16.as_pointer()), align=2)
+              for p in xs]  # fmt: skip
+        wv = [builder.sext(builder.load(builder.bitcast(builder.gep(p, [off]), _V16x8.as_pointer()),
+                                        align=1), _V16x16)
+              for p in ws]  # fmt: skip
+        k = 0
+        for x in xv:
+            for w in wv:
+                builder.store(builder.add(builder.load(accs[k]), _pmadd(builder, x, w)), accs[k])
+                k += 1
+    return _sum4(builder, [builder.load(a) for a in accs])
+
+
+@intrinsic
+def dot2x2(typingctx, x0, x1, w, j, n16):
+    """(x0 . w[j], x0 . w[j+1], x1 . w[j], x1 . w[j+1]) over the first 16 * n16 elements, as
+    int32: x0, x1 int16 1-D C arrays, w int8 2-D C array."""
+    if not _contiguous(x0, x1, w):
+        return None
+    sig = types.UniTuple(types.int32, 4)(x0, x1, w, j, n16)
+
+    def codegen(context, builder, signature, args):
+        tx0, tx1, tw = signature.args[:3]
+        ax0, ax1, aw, jj, nn = args
+        w0 = _row_ptr(context, builder, tw, aw, jj)
+        w1 = _row_ptr(context, builder, tw, aw, builder.add(jj, ir.Constant(jj.type, 1)))
+        xs = [_row_ptr(context, builder, tx0, ax0, elem=_I16),
+              _row_ptr(context, builder, tx1, ax1, elem=_I16)]  # fmt: skip
+        sums = _dot_block(builder, xs, [w0, w1], nn)
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot1x4(typingctx, x0, w, j, n16):
+    """(x0 . w[j], x0 . w[j+1], x0 . w[j+2], x0 . w[j+3]) over the first 16 * n16 elements, as
+    int32: x0 int16 1-D C array, w int8 2-D C array."""
+    if not _contiguous(x0, w):
+        return None
+    sig = types.UniTuple(types.int32, 4)(x0, w, j, n16)
+
+    def codegen(context, builder, signature, args):
+        tx0, tw = signature.args[:2]
+        ax0, aw, jj, nn = args
+        ws = [_row_ptr(context, builder, tw, aw, builder.add(jj, ir.Constant(jj.type, i)))
+              for i in range(4)]  # fmt: skip
+        sums = _dot_block(builder, [_row_ptr(context, builder, tx0, ax0, elem=_I16)], ws, nn)
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return sig, codegen

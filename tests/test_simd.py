@@ -1,0 +1,77 @@
+"""lmzip.simd: the vector multiply-adds under rowops' linear kernels, both forms of them."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from lmzip import simd
+
+
+def _compile():
+    """A fresh (uncached) caller: the intrinsics emit their code when a caller is compiled."""
+
+    @njit(cache=False)
+    def blocks(x0, x1, w, j, n16):
+        return simd.dot2x2(x0, x1, w, j, n16), simd.dot1x4(x0, w, j, n16)
+
+    return blocks
+
+
+def _cases():
+    """Rows at the extremes the callers allow (|x| <= 16383, |w| <= 127, K * 16383 * 127 < 2^31):
+    every product at its largest with one sign, alternating signs, and random rows."""
+    rng = np.random.default_rng(3)
+    for k in (16, 192, 768, 1024):
+        x = np.stack([np.full(k, 16383), np.full(k, -16383),
+                      np.where(np.arange(k) % 2, 16383, -16383),
+                      rng.integers(-16383, 16384, k)]).astype(np.int16)  # fmt: skip
+        w = rng.integers(-127, 128, (7, k)).astype(np.int8)
+        w[0], w[1], w[2] = 127, -127, np.where(np.arange(k) % 3, 127, -127)
+        yield x, w
+
+
+@pytest.mark.parametrize("avx2", [True, False], ids=["avx2-intrinsic", "generic-ir"])
+def test_dot_blocks_equal_int64_numpy(avx2, monkeypatch):
+    """dot2x2 and dot1x4 give the exact int32 dot products, with the x86 intrinsic (where the host
+    has AVX2) and with the portable shuffle form that other CPUs compile; also over a prefix of
+    the rows (n16 < K / 16: the callers add the tail)."""
+    if avx2 and not simd.HAS_AVX2:
+        pytest.skip("the host CPU has no AVX2")
+    monkeypatch.setattr(simd, "HAS_AVX2", avx2)
+    blocks = _compile()
+    for x, w in _cases():
+        k = x.shape[1]
+        want = x.astype(np.int64) @ w.astype(np.int64).T
+        assert np.abs(want).max() == k * 16383 * 127
+        for n16 in (k // 16, k // 32):
+            part = x[:, : 16 * n16].astype(np.int64) @ w[:, : 16 * n16].astype(np.int64).T
+            for r0, r1 in ((0, 1), (2, 3), (1, 0)):
+                for j in (0, 2, 3):
+                    two, four = blocks(x[r0], x[r1], w, j, n16)
+                    assert two == (part[r0, j], part[r0, j + 1], part[r1, j], part[r1, j + 1])
+                    assert four == tuple(part[r0, j : j + 4])
+        assert blocks(x[0], x[1], w, 0, k // 16)[0][0] == want[0, 0]
+    ir = "".join(blocks.inspect_llvm().values())
+    assert ("llvm.x86.avx2.pmadd.wd" in ir) == avx2  # the form under test is the one compiled
+
+
+def test_avx2_hosts_compile_the_multiply_add():
+    """Where the host has AVX2, the linear kernels' dot products compile to vpmaddwd (the speed
+    this module exists for; the scalar loop compiled to vpmulld)."""
+    if not simd.HAS_AVX2:
+        pytest.skip("the host CPU has no AVX2")
+    blocks = _compile()
+    x = np.zeros(32, np.int16)
+    blocks(x, x, np.zeros((4, 32), np.int8), 0, 2)
+    assert "vpmaddwd" in next(iter(blocks.inspect_asm().values()))
+
+
+def test_rows_must_be_contiguous():
+    """A strided row would be read as if contiguous: no signature matches it (a typing error at
+    compile time, never a wrong sum)."""
+    from numba.core.errors import TypingError
+
+    blocks = _compile()
+    x = np.zeros((2, 64), np.int16)
+    with pytest.raises(TypingError):
+        blocks(x[:, ::2][0], x[0, :32], np.zeros((4, 32), np.int8), 0, 2)
