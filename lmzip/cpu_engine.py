@@ -183,8 +183,9 @@ def build_tables(mf: ModelFile) -> EngineTables:
 
 @dataclass
 class CpuState:
-    """KV caches of B streams, all layers: k (int8 values) as float32, v (Q10) as float64,
-    [L, B, K, E, W] (rowops.attend_step: the sums run along positions)."""
+    """KV caches of B streams, all layers (rowops.attend_step's types): k int8 key rows
+    [L, B, K, W, E], v (Q10) int32 [L, B, K, E, W] (transposed: the P.V sums run along
+    positions)."""
 
     k_np: np.ndarray
     v_np: np.ndarray
@@ -233,8 +234,9 @@ class CpuEngine:
         return self._stacked
 
     def new_state(self, batch: int) -> CpuState:
-        shp = (len(self.tables.layers), batch, self.kv, self.e, self.window)
-        return CpuState(np.zeros(shp, np.float32), np.zeros(shp, np.float64))
+        n = len(self.tables.layers)
+        return CpuState(np.zeros((n, batch, self.kv, self.window, self.e), np.int8),
+                        np.zeros((n, batch, self.kv, self.e, self.window), np.int32))  # fmt: skip
 
     def step_np(self, state: CpuState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Stream b reads tokens[b] at position pos[b] -> capped logits Q16 [B, V] (int64)."""

@@ -103,9 +103,9 @@ class _Linear:
 
 @dataclass
 class DecodeState:
-    """KV caches of B streams per layer: k (int8 values) as float32 and v (Q10) as float64 (exact
-    values), [B, K, E, W] for the fused kernels (their sums run along positions) or [B, K, W, E]
-    for the GEMMs."""
+    """KV caches of B streams per layer: for the fused kernels (rowops.attend_step) k int8
+    [B, K, W, E] and v (Q10) int32 [B, K, E, W] (the P.V sums run along positions); for the GEMMs
+    k as float32 and v as float64 (exact values), both [B, K, W, E]."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
@@ -291,13 +291,14 @@ class Engine:
     def new_state(self, batch: int) -> DecodeState:
         shp = (batch, self.kv, self.window, self.e)
         dev = self.device
-        # the fused kernel reads integers and values transposed ([B, K, E, W]: its P.V sums run
-        # along the positions); the torch path reads the GEMM types (exact values either way)
-        if self.fused:
-            shp = (batch, self.kv, self.e, self.window)
         n = len(self.layers)
-        k_all = torch.zeros((n,) + shp, dtype=torch.float32, device=dev)
-        v_all = torch.zeros((n,) + shp, dtype=torch.float64, device=dev)
+        if self.fused:  # rowops.attend_step's types: int8 key rows, int32 values transposed
+            k_all = torch.zeros((n,) + shp, dtype=torch.int8, device=dev)
+            v_all = torch.zeros((n, batch, self.kv, self.e, self.window), dtype=torch.int32,
+                                device=dev)  # fmt: skip
+        else:  # the GEMM types (exact values)
+            k_all = torch.zeros((n,) + shp, dtype=torch.float32, device=dev)
+            v_all = torch.zeros((n,) + shp, dtype=torch.float64, device=dev)
         cpu = dev.type == "cpu"
         return DecodeState(k=list(k_all), v=list(v_all), k_all=k_all, v_all=v_all,
                            k_np=k_all.numpy() if cpu else None,
@@ -332,13 +333,12 @@ class Engine:
         tk = int(pos.max()) + 1
 
         def attn(i, q, k, v, gain):
+            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)  # [B, K, W, E] on both paths
             if self.fused:
-                state.k[i][rows, :, :, pos] = k.to(state.k[i].dtype)
                 state.v[i][rows, :, :, pos] = v.to(state.v[i].dtype)
                 y = rowops.attend_step(q.numpy(), state.k[i].numpy(), state.v[i].numpy(),
                                        pos.numpy(), gain.numpy(), self.att_np)  # fmt: skip
                 return torch.from_numpy(y)
-            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)
             state.v[i][rows, :, pos] = v.to(state.v[i].dtype)
             kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk]
             return self._attend(q[:, :, None], kc, vc, pos[:, None], gain).reshape(b, -1)

@@ -217,54 +217,73 @@ def _dot1(x, w, j, k0, k):
 
 
 @njit(cache=True, inline="always")
-def _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, x0, x1):
-    """Rows r0..r1-1 of linear_i16 (x0, x1: int16 [K] scratch). The first 16 * (K // 16)
-    elements of each dot product run in simd's vector multiply-adds, the rest in _dot1."""
-    k = a.shape[1]
-    n = w.shape[0]
+def _dots2(x0, x1, w, n, b0, b1):
+    """b0[j] = x0 . w[j] and b1[j] = x1 . w[j] for j < n, as int32 (x0, x1 int16 [K], w int8
+    [>= n, K]; exact: the callers' bound). Two rows of w at a time in simd.dot2x2 (each loaded
+    once for both x), its first 16 * (K // 16) elements; _dot1 adds the rest."""
+    k = x0.shape[0]
     n16 = k // 16
     k16 = 16 * n16
+    j = 0
+    while j + 1 < n:
+        a00, a01, a10, a11 = dot2x2(x0, x1, w, j, n16)
+        b0[j] = np.int32(a00 + _dot1(x0, w, j, k16, k))
+        b0[j + 1] = np.int32(a01 + _dot1(x0, w, j + 1, k16, k))
+        b1[j] = np.int32(a10 + _dot1(x1, w, j, k16, k))
+        b1[j + 1] = np.int32(a11 + _dot1(x1, w, j + 1, k16, k))
+        j += 2
+    if j < n:
+        b0[j] = _dot1(x0, w, j, 0, k)
+        b1[j] = _dot1(x1, w, j, 0, k)
+
+
+@njit(cache=True, inline="always")
+def _dots1(x0, w, n, b0):
+    """b0[j] = x0 . w[j] for j < n, four rows of w at a time in simd.dot1x4."""
+    k = x0.shape[0]
+    n16 = k // 16
+    k16 = 16 * n16
+    j = 0
+    while j + 3 < n:
+        a0, a1, a2, a3 = dot1x4(x0, w, j, n16)
+        b0[j] = np.int32(a0 + _dot1(x0, w, j, k16, k))
+        b0[j + 1] = np.int32(a1 + _dot1(x0, w, j + 1, k16, k))
+        b0[j + 2] = np.int32(a2 + _dot1(x0, w, j + 2, k16, k))
+        b0[j + 3] = np.int32(a3 + _dot1(x0, w, j + 3, k16, k))
+        j += 4
+    while j < n:
+        b0[j] = _dot1(x0, w, j, 0, k)
+        j += 1
+
+
+@njit(cache=True, inline="always")
+def _epilogue_row(acc, a_scale, ws, shift, lo, hi, out, r):
+    """out[r, j] = _epilogue(acc[j], a_scale, ws[j], ...) for every j: a separate loop over the
+    row, which LLVM vectorizes (in the dot-product loop each output paid it in scalar code)."""
+    for j in range(acc.shape[0]):
+        out[r, j] = _epilogue(np.int64(acc[j]), a_scale, ws[j], shift, lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, x0, x1, b0, b1):
+    """Rows r0..r1-1 of linear_i16 (x0, x1: int16 [K], b0, b1: int32 [N] scratch): the int32
+    sums of a row (_dots2, _dots1), then their rescaling (_epilogue_row)."""
+    k = a.shape[1]
+    n = w.shape[0]
     r = r0
     while r + 1 < r1:  # two rows at a time: each weight row loaded once for both
         for c in range(k):
             x0[c] = a[r, c]
             x1[c] = a[r + 1, c]
-        s0, s1 = a_scale[r], a_scale[r + 1]
-        j = 0
-        while j + 1 < n:
-            a00, a01, a10, a11 = dot2x2(x0, x1, w, j, n16)
-            a00 = np.int32(a00 + _dot1(x0, w, j, k16, k))
-            a01 = np.int32(a01 + _dot1(x0, w, j + 1, k16, k))
-            a10 = np.int32(a10 + _dot1(x1, w, j, k16, k))
-            a11 = np.int32(a11 + _dot1(x1, w, j + 1, k16, k))
-            out[r, j] = _epilogue(np.int64(a00), s0, ws[j], shift, lo, hi)
-            out[r, j + 1] = _epilogue(np.int64(a01), s0, ws[j + 1], shift, lo, hi)
-            out[r + 1, j] = _epilogue(np.int64(a10), s1, ws[j], shift, lo, hi)
-            out[r + 1, j + 1] = _epilogue(np.int64(a11), s1, ws[j + 1], shift, lo, hi)
-            j += 2
-        if j < n:
-            out[r, j] = _epilogue(np.int64(_dot1(x0, w, j, 0, k)), s0, ws[j], shift, lo, hi)
-            out[r + 1, j] = _epilogue(np.int64(_dot1(x1, w, j, 0, k)), s1, ws[j], shift, lo, hi)
+        _dots2(x0, x1, w, n, b0, b1)
+        _epilogue_row(b0, a_scale[r], ws, shift, lo, hi, out, r)
+        _epilogue_row(b1, a_scale[r + 1], ws, shift, lo, hi, out, r + 1)
         r += 2
     if r < r1:  # the odd row (and every decoding step of one stream): four outputs per pass
         for c in range(k):
             x0[c] = a[r, c]
-        s0 = a_scale[r]
-        j = 0
-        while j + 3 < n:
-            a0, a1, a2, a3 = dot1x4(x0, w, j, n16)
-            a0 = np.int32(a0 + _dot1(x0, w, j, k16, k))
-            a1 = np.int32(a1 + _dot1(x0, w, j + 1, k16, k))
-            a2 = np.int32(a2 + _dot1(x0, w, j + 2, k16, k))
-            a3 = np.int32(a3 + _dot1(x0, w, j + 3, k16, k))
-            out[r, j] = _epilogue(np.int64(a0), s0, ws[j], shift, lo, hi)
-            out[r, j + 1] = _epilogue(np.int64(a1), s0, ws[j + 1], shift, lo, hi)
-            out[r, j + 2] = _epilogue(np.int64(a2), s0, ws[j + 2], shift, lo, hi)
-            out[r, j + 3] = _epilogue(np.int64(a3), s0, ws[j + 3], shift, lo, hi)
-            j += 4
-        while j < n:
-            out[r, j] = _epilogue(np.int64(_dot1(x0, w, j, 0, k)), s0, ws[j], shift, lo, hi)
-            j += 1
+        _dots1(x0, w, n, b0)
+        _epilogue_row(b0, a_scale[r], ws, shift, lo, hi, out, r)
 
 
 @njit(cache=True)
@@ -277,10 +296,13 @@ def linear_i16(a, w, a_scale, ws, shift, lo, hi):
     multiply-adds (vpmaddwd on AVX2: 16 products per instruction, where LLVM's vectorizer made
     8 per vpmulld of the scalar loop: 1.3-1.8x at the model's shapes on the AVX2 EPYC)."""
     m, k = a.shape
-    out = np.empty((m, w.shape[0]), np.int64)
+    n = w.shape[0]
+    out = np.empty((m, n), np.int64)
     x0 = np.empty(k, np.int16)
     x1 = np.empty(k, np.int16)
-    _linear_block(a, w, a_scale, ws, shift, lo, hi, out, 0, m, x0, x1)
+    b0 = np.empty(n, np.int32)
+    b1 = np.empty(n, np.int32)
+    _linear_block(a, w, a_scale, ws, shift, lo, hi, out, 0, m, x0, x1, b0, b1)
     return out
 
 
@@ -297,8 +319,11 @@ def linear_i16_par(a, w, a_scale, ws, shift, lo, hi):
     for b in prange(nb):
         x0 = np.empty(k, np.int16)
         x1 = np.empty(k, np.int16)
+        b0 = np.empty(w.shape[0], np.int32)
+        b1 = np.empty(w.shape[0], np.int32)
         r0 = b * LINEAR_BLOCK
-        _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK), x0, x1)
+        r1 = min(m, r0 + LINEAR_BLOCK)
+        _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, x0, x1, b0, b1)
     return out
 
 
@@ -563,62 +588,56 @@ def decode_lm_row(p, precision, st, data, f, work):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _dots(qf, keys_t, n, dots):
-    """dots[j] = sum_c qf[c] * keys_t[c, j] for j < n (float32 [E], [E, W]; int8 values): every
-    partial sum is an integer below 127 * 127 * 1024 < 2^24 in magnitude, exact in float32, so
-    the compiler may reorder and vectorize along j (no horizontal sums)."""
-    e = qf.shape[0]
-    for j in range(n):
-        dots[j] = 0.0
-    c = 0
-    while c + 4 <= e:
-        q0, q1, q2, q3 = qf[c], qf[c + 1], qf[c + 2], qf[c + 3]
-        for j in range(n):
-            dots[j] += (q0 * keys_t[c, j] + q1 * keys_t[c + 1, j]
-                        + q2 * keys_t[c + 2, j] + q3 * keys_t[c + 3, j])  # fmt: skip
-        c += 4
-    while c < e:
-        q0 = qf[c]
-        for j in range(n):
-            dots[j] += q0 * keys_t[c, j]
-        c += 1
-
-
-@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
 def _pv(pj, vals_t, n, acc):
-    """acc[c] = sum_{j < n} pj[j] * vals_t[c, j] (float64 [E], [E, W]): exact integers, any order
-    of the sums gives the same result (every partial sum < 2^38), so the reduction may be
-    vectorized along j (four outputs per pass: each pj[j] loaded once for four products)."""
+    """acc[c] = sum_{j < n} pj[j] * vals_t[c, j] (float64 [W], int32 [E, W]): exact integers in
+    float64, any order of the sums gives the same result (every partial sum < 2^38), so the
+    reduction may be vectorized along j (four outputs per pass: each pj[j] loaded once for
+    four products). The values are stored as int32 (|v| <= V_MAX < 2^22) and widened in the
+    loop: half the bytes of float64 values to stream from the caches."""
     e = acc.shape[0]
     c = 0
     while c + 4 <= e:
         t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
         for j in range(n):
             p = pj[j]
-            t0 += p * vals_t[c, j]
-            t1 += p * vals_t[c + 1, j]
-            t2 += p * vals_t[c + 2, j]
-            t3 += p * vals_t[c + 3, j]
+            t0 += p * np.float64(vals_t[c, j])
+            t1 += p * np.float64(vals_t[c + 1, j])
+            t2 += p * np.float64(vals_t[c + 2, j])
+            t3 += p * np.float64(vals_t[c + 3, j])
         acc[c], acc[c + 1], acc[c + 2], acc[c + 3] = t0, t1, t2, t3
         c += 4
     while c < e:
         t0 = 0.0
         for j in range(n):
-            t0 += pj[j] * vals_t[c, j]
+            t0 += pj[j] * np.float64(vals_t[c, j])
         acc[c] = t0
         c += 1
 
 
 @njit(cache=True, inline="always")
-def _attend_row(qf, keys_t, vals_t, n, gh, att, dots, lg, pj, acc):
-    """One query row (float32 [E], int8 values) against keys_t[:, 0:n] (float32 [E, W], int8
-    values) and values vals_t[:, 0:n] (float64 [E, W], exact Q10 integers): fills acc (float64
-    [E]) with sum_j P_j * v_j, P in Q16 (dots, lg, pj: [W] scratch). The dot products are exact
-    (_dots); each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the float64 sums are
-    exact integers in any order (numerics.md "Attention")."""
-    _dots(qf, keys_t, n, dots)
-    _att_row(dots, n, gh, att, lg, pj)
-    _pv(pj, vals_t, n, acc)
+def _attend_heads(q, t, h0, pair, keys, vals_t, n, gain, att, qa, qb, da, db, lg, pj, acc, out,
+                  row):  # fmt: skip
+    """Query heads h0 (and h0 + 1 if pair) of q[t] (int8 [.., H, E]) against keys[0:n] (int8
+    [W, E]) and values vals_t[:, 0:n] (int32 [E, W], Q10): out[row, h * E + c] =
+    rs(sum_j P_j * v_j[c], 16), P in Q16 (numerics.md "Attention"). The dot products are exact
+    int32 sums; each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the float64 sums
+    of _pv are exact integers in any order. qa, qb: int16 [E]; da, db: int32 [W]; lg, pj:
+    float64 [W]; acc: float64 [E] scratch."""
+    e = qa.shape[0]
+    for c in range(e):
+        qa[c] = q[t, h0, c]
+    if pair:
+        for c in range(e):
+            qb[c] = q[t, h0 + 1, c]
+        _dots2(qa, qb, keys, n, da, db)  # each key row loaded once for both heads
+    else:
+        _dots1(qa, keys, n, da)
+    for k in range(2 if pair else 1):
+        h = h0 + k
+        _att_row(da if k == 0 else db, n, gain[h], att, lg, pj)
+        _pv(pj, vals_t, n, acc)
+        for c in range(e):
+            out[row, h * e + c] = _rs(np.int64(acc[c]), 16)
 
 
 @njit(cache=True, parallel=True)
@@ -633,25 +652,27 @@ def attend_fwd(q, k, v, t_n, gain, att):
     out = np.empty((rows, h_n * e), np.int64)
     for pair in prange((rows // t_n) * kv_n):
         w, kh = pair // kv_n, pair % kv_n
-        keys_t = np.empty((e, t_n), np.float32)
-        vals_t = np.empty((e, t_n), np.float64)
-        dots = np.empty(t_n, np.float32)
+        keys = np.empty((t_n, e), np.int8)
+        vals_t = np.empty((e, t_n), np.int32)
+        da = np.empty(t_n, np.int32)
+        db = np.empty(t_n, np.int32)
         lg = np.empty(t_n, np.float64)
         pj = np.empty(t_n, np.float64)
         acc = np.empty(e, np.float64)
-        qf = np.empty(e, np.float32)
+        qa = np.empty(e, np.int16)
+        qb = np.empty(e, np.int16)
         base = w * t_n
         for j in range(t_n):
             for c in range(e):
-                keys_t[c, j] = np.float32(k[base + j, kh, c])
-                vals_t[c, j] = np.float64(v[base + j, kh * e + c])
-        for h in range(kh * g, kh * g + g):
-            for t in range(t_n):
-                for c in range(e):
-                    qf[c] = np.float32(q[base + t, h, c])
-                _attend_row(qf, keys_t, vals_t, t + 1, gain[h], att, dots, lg, pj, acc)
-                for c in range(e):
-                    out[base + t, h * e + c] = _rs(np.int64(acc[c]), 16)
+                keys[j, c] = k[base + j, kh, c]
+                vals_t[c, j] = np.int32(v[base + j, kh * e + c])
+        for t in range(t_n):
+            h = kh * g
+            while h < kh * g + g:
+                two = h + 1 < kh * g + g
+                _attend_heads(q, base + t, h, two, keys, vals_t, t + 1, gain, att, qa, qb, da,
+                              db, lg, pj, acc, out, base + t)  # fmt: skip
+                h += 2 if two else 1
     return out
 
 
@@ -665,30 +686,32 @@ def set_threads(n: int) -> None:
 
 @njit(cache=True)
 def attend_step(q, kc, vc, pos, gain, att):
-    """One query per stream: q int8 [B, H, E], caches kc float32 (int8 values) and vc float64
-    (exact Q10 integers) [B, K, E, W] (transposed: the sums run along positions), keys
-    0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops compute in, so no
-    step copies them. Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P,
-    sum, rs)."""
+    """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, W, E] (key rows) and vc
+    int32 [B, K, E, W] (Q10 values, transposed: the P.V sums run along positions), keys
+    0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops read, so no step
+    copies them. Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P, sum,
+    rs)."""
     b_n, h_n, e = q.shape
     kv_n = kc.shape[1]
     g = h_n // kv_n
-    w_n = kc.shape[3]
+    w_n = kc.shape[2]
     out = np.empty((b_n, h_n * e), np.int64)
-    dots = np.empty(w_n, np.float32)
+    da = np.empty(w_n, np.int32)
+    db = np.empty(w_n, np.int32)
     lg = np.empty(w_n, np.float64)
     pj = np.empty(w_n, np.float64)
     acc = np.empty(e, np.float64)
-    qf = np.empty(e, np.float32)
+    qa = np.empty(e, np.int16)
+    qb = np.empty(e, np.int16)
     for b in range(b_n):
         n = pos[b] + 1
-        for h in range(h_n):
-            kh = h // g
-            for c in range(e):
-                qf[c] = np.float32(q[b, h, c])
-            _attend_row(qf, kc[b, kh], vc[b, kh], n, gain[h], att, dots, lg, pj, acc)
-            for c in range(e):
-                out[b, h * e + c] = _rs(np.int64(acc[c]), 16)
+        for kh in range(kv_n):
+            h = kh * g
+            while h < kh * g + g:
+                two = h + 1 < kh * g + g
+                _attend_heads(q, b, h, two, kc[b, kh], vc[b, kh], n, gain, att, qa, qb, da,
+                              db, lg, pj, acc, out, b)  # fmt: skip
+                h += 2 if two else 1
     return out
 
 
@@ -698,7 +721,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
     dispatch. Weights are stacked per layer for linear_i16 ([L, out, in] int8; emb_w [V, D]
     serves the lookup and the logits; scales [L, out] Q24), caches
-    kc float32 / vc float64 [L, B, K, E, W] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
+    kc int8 [L, B, K, W, E] and vc int32 [L, B, K, E, W] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
     Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
     res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
     big = np.int64(9223372036854775807)
@@ -729,8 +752,8 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
             p = pos[b]
             for h in range(kv_n):
                 for c in range(e):
-                    kc[i, b, h, c, p] = np.float32(k[b, h, c])
-                    vc[i, b, h, c, p] = np.float64(vv[b, h * e + c])
+                    kc[i, b, h, p, c] = np.int8(k[b, h, c])
+                    vc[i, b, h, c, p] = np.int32(vv[b, h * e + c])
         y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
         a, s = absquant(y, 14, aq)
         o = linear_i16(a, wo[i], s, wso[i], 20, -big, big)
