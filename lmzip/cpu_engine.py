@@ -183,9 +183,9 @@ def build_tables(mf: ModelFile) -> EngineTables:
 
 @dataclass
 class CpuState:
-    """KV caches of B streams, all layers (rowops.attend_step's types): k int8 key rows
-    [L, B, K, W, E], v (Q10) int32 [L, B, K, E, W] (transposed: the P.V sums run along
-    positions)."""
+    """KV caches of B streams, all layers (rowops.attend_step's types): k int8 keys as pairs
+    of elements [L, B, K, E/2, rowops.key_cols(W), 2], v (Q10) int32 [L, B, K, E, W]
+    (transposed: the P.V sums run along positions)."""
 
     k_np: np.ndarray
     v_np: np.ndarray
@@ -235,7 +235,8 @@ class CpuEngine:
 
     def new_state(self, batch: int) -> CpuState:
         n = len(self.tables.layers)
-        return CpuState(np.zeros((n, batch, self.kv, self.window, self.e), np.int8),
+        kshape = (n, batch, self.kv, self.e // 2, rowops.key_cols(self.window), 2)
+        return CpuState(np.zeros(kshape, np.int8),
                         np.zeros((n, batch, self.kv, self.e, self.window), np.int32))  # fmt: skip
 
     def step_np(self, state: CpuState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:

@@ -104,8 +104,9 @@ class _Linear:
 @dataclass
 class DecodeState:
     """KV caches of B streams per layer: for the fused kernels (rowops.attend_step) k int8
-    [B, K, W, E] and v (Q10) int32 [B, K, E, W] (the P.V sums run along positions); for the GEMMs
-    k as float32 and v as float64 (exact values), both [B, K, W, E]."""
+    [B, K, E/2, rowops.key_cols(W), 2] (keys as pairs of elements) and v (Q10) int32
+    [B, K, E, W] (the P.V sums run along positions); for the GEMMs k as float32 and v as
+    float64 (exact values), both [B, K, W, E]."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
@@ -292,8 +293,9 @@ class Engine:
         shp = (batch, self.kv, self.window, self.e)
         dev = self.device
         n = len(self.layers)
-        if self.fused:  # rowops.attend_step's types: int8 key rows, int32 values transposed
-            k_all = torch.zeros((n,) + shp, dtype=torch.int8, device=dev)
+        if self.fused:  # rowops.attend_step's types: int8 key pairs, int32 values transposed
+            kshape = (n, batch, self.kv, self.e // 2, rowops.key_cols(self.window), 2)
+            k_all = torch.zeros(kshape, dtype=torch.int8, device=dev)
             v_all = torch.zeros((n, batch, self.kv, self.e, self.window), dtype=torch.int32,
                                 device=dev)  # fmt: skip
         else:  # the GEMM types (exact values)
@@ -333,12 +335,13 @@ class Engine:
         tk = int(pos.max()) + 1
 
         def attn(i, q, k, v, gain):
-            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)  # [B, K, W, E] on both paths
-            if self.fused:
+            if self.fused:  # keys [B, K, E/2, W', 2], values [B, K, E, W]
+                state.k[i][rows, :, :, pos] = k.reshape(b, self.kv, -1, 2).to(torch.int8)
                 state.v[i][rows, :, :, pos] = v.to(state.v[i].dtype)
                 y = rowops.attend_step(q.numpy(), state.k[i].numpy(), state.v[i].numpy(),
                                        pos.numpy(), gain.numpy(), self.att_np)  # fmt: skip
                 return torch.from_numpy(y)
+            state.k[i][rows, :, pos] = k.to(state.k[i].dtype)  # [B, K, W, E]
             state.v[i][rows, :, pos] = v.to(state.v[i].dtype)
             kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk]
             return self._attend(q[:, :, None], kc, vc, pos[:, None], gain).reshape(b, -1)

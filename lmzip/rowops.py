@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from lmzip.coder import dec_symbol
-from lmzip.simd import dot1x4, dot2x2
+from lmzip.simd import dot1x4, dot2x2, keys_dot1, keys_dot2
 
 PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
 ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels
@@ -612,24 +612,33 @@ def _pv(pj, vals_t, n, acc):
         c += 1
 
 
+def key_cols(w: int) -> int:
+    """Positions a key cache holds: the window rounded up to blocks of 8 (simd.keys_dot2)."""
+    return (w + 7) // 8 * 8
+
+
 @njit(cache=True, inline="always")
 def _attend_heads(q, t, h0, pair, keys, vals_t, n, gain, att, qa, qb, da, db, lg, pj, acc, out,
                   row):  # fmt: skip
-    """Query heads h0 (and h0 + 1 if pair) of q[t] (int8 [.., H, E]) against keys[0:n] (int8
-    [W, E]) and values vals_t[:, 0:n] (int32 [E, W], Q10): out[row, h * E + c] =
-    rs(sum_j P_j * v_j[c], 16), P in Q16 (numerics.md "Attention"). The dot products are exact
-    int32 sums; each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16), so the float64 sums
-    of _pv are exact integers in any order. qa, qb: int16 [E]; da, db: int32 [W]; lg, pj:
-    float64 [W]; acc: float64 [E] scratch."""
+    """Query heads h0 (and h0 + 1 if pair) of q[t] (int8 [.., H, E]) against keys 0..n-1 of
+    keys (int8 [E/2, >= 8 ceil(n / 8), 2]: key j's elements 2 c2 and 2 c2 + 1 at keys[c2, j])
+    and values vals_t[:, 0:n] (int32 [E, W], Q10): out[row, h * E + c] = rs(sum_j P_j *
+    v_j[c], 16), P in Q16 (numerics.md "Attention"). The dot products are exact int32 sums,
+    computed for whole blocks of 8 keys (the ones past n are not read); each P_j * v_j < 2^38
+    and their sum < 2^38 (sum P <= 2^16), so the float64 sums of _pv are exact integers in any
+    order. qa, qb: int16 [E]; da, db: int32 [>= 8 ceil(n / 8)]; lg, pj: float64 [W]; acc:
+    float64 [E] scratch."""
     e = qa.shape[0]
+    e2 = e // 2
+    n8 = (n + 7) // 8
     for c in range(e):
         qa[c] = q[t, h0, c]
     if pair:
         for c in range(e):
             qb[c] = q[t, h0 + 1, c]
-        _dots2(qa, qb, keys, n, da, db)  # each key row loaded once for both heads
+        keys_dot2(qa, qb, keys, n8, e2, da, db)  # each block of keys loaded once for both heads
     else:
-        _dots1(qa, keys, n, da)
+        keys_dot1(qa, keys, n8, e2, da)
     for k in range(2 if pair else 1):
         h = h0 + k
         _att_row(da if k == 0 else db, n, gain[h], att, lg, pj)
@@ -647,13 +656,14 @@ def attend_fwd(q, k, v, t_n, gain, att):
     rows, h_n, e = q.shape
     kv_n = k.shape[1]
     g = h_n // kv_n
+    w8 = (t_n + 7) // 8 * 8  # key_cols(t_n)
     out = np.empty((rows, h_n * e), np.int64)
     for pair in prange((rows // t_n) * kv_n):
         w, kh = pair // kv_n, pair % kv_n
-        keys = np.empty((t_n, e), np.int8)
+        keys = np.zeros((e // 2, w8, 2), np.int8)
         vals_t = np.empty((e, t_n), np.int32)
-        da = np.empty(t_n, np.int32)
-        db = np.empty(t_n, np.int32)
+        da = np.empty(w8, np.int32)
+        db = np.empty(w8, np.int32)
         lg = np.empty(t_n, np.float64)
         pj = np.empty(t_n, np.float64)
         acc = np.empty(e, np.float64)
@@ -662,7 +672,7 @@ def attend_fwd(q, k, v, t_n, gain, att):
         base = w * t_n
         for j in range(t_n):
             for c in range(e):
-                keys[j, c] = k[base + j, kh, c]
+                keys[c >> 1, j, c & 1] = k[base + j, kh, c]
                 vals_t[c, j] = np.int32(v[base + j, kh * e + c])
         for t in range(t_n):
             h = kh * g
@@ -684,18 +694,18 @@ def set_threads(n: int) -> None:
 
 @njit(cache=True)
 def attend_step(q, kc, vc, pos, gain, att):
-    """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, W, E] (key rows) and vc
-    int32 [B, K, E, W] (Q10 values, transposed: the P.V sums run along positions), keys
-    0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops read, so no step
+    """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, E/2, key_cols(W), 2] (keys
+    as pairs of elements, _attend_heads) and vc int32 [B, K, E, W] (Q10 values, transposed:
+    the P.V sums run along positions), keys 0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops read, so no step
     copies them. Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P, sum,
     rs)."""
     b_n, h_n, e = q.shape
     kv_n = kc.shape[1]
     g = h_n // kv_n
-    w_n = kc.shape[2]
+    w_n = vc.shape[3]
     out = np.empty((b_n, h_n * e), np.int64)
-    da = np.empty(w_n, np.int32)
-    db = np.empty(w_n, np.int32)
+    da = np.empty(kc.shape[3], np.int32)
+    db = np.empty(kc.shape[3], np.int32)
     lg = np.empty(w_n, np.float64)
     pj = np.empty(w_n, np.float64)
     acc = np.empty(e, np.float64)
@@ -719,7 +729,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
     dispatch. Weights are stacked per layer for linear_i16 ([L, out, in] int8; emb_w [V, D]
     serves the lookup and the logits; scales [L, out] Q24), caches
-    kc int8 [L, B, K, W, E] and vc int32 [L, B, K, E, W] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
+    kc int8 [L, B, K, E/2, key_cols(W), 2] and vc int32 [L, B, K, E, W] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
     Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
     res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
     big = np.int64(9223372036854775807)
@@ -750,7 +760,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
             p = pos[b]
             for h in range(kv_n):
                 for c in range(e):
-                    kc[i, b, h, p, c] = np.int8(k[b, h, c])
+                    kc[i, b, h, c >> 1, p, c & 1] = np.int8(k[b, h, c])
                     vc[i, b, h, c, p] = np.int32(vv[b, h * e + c])
         y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
         a, s = absquant(y, 14, aq)

@@ -1,4 +1,5 @@
-"""Exact int16 x int8 dot products written as LLVM vector code, for rowops' linear kernels.
+"""Exact int16 x int8 dot products written as LLVM vector code, for rowops' linear and attention
+kernels.
 
 LLVM's loop vectorizer compiles the scalar int32 dot products of rowops to vpmulld (8 products
 per instruction on AVX2). These numba intrinsics emit the pairwise multiply-add that x86 has
@@ -9,8 +10,9 @@ sign extensions, multiplies and adds, which every LLVM target compiles. The resu
 the scalar loops: every partial sum is below 2^31 in magnitude (the callers' bound: K * 16383 *
 max|w| < 2^31), so int32 addition is exact in any order.
 
-Each intrinsic covers the first 16 * n16 elements of its rows; the caller adds the rest (K mod 16)
-with scalar code.
+dot2x2 and dot1x4 cover the first 16 * n16 elements of their rows; the caller adds the rest
+(K mod 16) with scalar code. keys_dot2 and keys_dot1 run along the other axis: the products of
+one or two query rows with blocks of 8 keys stored as pairs of elements (no horizontal sums).
 """
 
 from __future__ import annotations
@@ -147,3 +149,76 @@ def dot1x4(typingctx, x0, w, j, n16):
         return context.make_tuple(builder, signature.return_type, sums)
 
     return sig, codegen
+
+
+def _keys_block_dots(context, builder, qs, kt_type, kt, n8, e2, outs):
+    """For each 8-key block b < n8 of kt (int8 [E/2, >= 8 n8, 2]: kt[c2, j] holds elements 2 c2
+    and 2 c2 + 1 of key j) and each int16 query row q in qs: out[8 b + i] = q . key(8 b + i), the
+    int32 sums of e2 pairwise multiply-adds, one per element pair, each the 16 bytes of kt[c2, 8b:
+    8b + 8] against the pair (q[2 c2], q[2 c2 + 1]) broadcast to every lane."""
+    a = context.make_array(kt_type)(context, builder, kt)
+    base = builder.bitcast(a.data, _I8.as_pointer())
+    row = builder.extract_value(a.strides, 0)
+    q32 = [builder.bitcast(q, _I32.as_pointer()) for q in qs]
+    zero = ir.Constant(_V8x32, None)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in qs]
+    bcast = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+    with cgutils.for_range(builder, n8) as blk:
+        for acc in accs:
+            builder.store(zero, acc)
+        col = builder.mul(blk.index, ir.Constant(blk.index.type, 16))
+        with cgutils.for_range(builder, e2) as cl:
+            p = builder.gep(base, [builder.add(builder.mul(cl.index, row), col)])
+            kv = builder.sext(builder.load(builder.bitcast(p, _V16x8.as_pointer()), align=1),
+                              _V16x16)  # fmt: skip
+            for q, acc in zip(q32, accs):
+                pair = builder.load(builder.gep(q, [cl.index]), align=2)
+                one = builder.insert_element(ir.Constant(_V8x32, ir.Undefined), pair,
+                                             ir.Constant(_I32, 0))  # fmt: skip
+                qv = builder.bitcast(builder.shuffle_vector(one, one, bcast), _V16x16)
+                builder.store(builder.add(builder.load(acc), _pmadd(builder, kv, qv)), acc)
+        off = builder.mul(blk.index, ir.Constant(blk.index.type, 8))
+        for out, acc in zip(outs, accs):
+            dst = builder.bitcast(builder.gep(out, [off]), _V8x32.as_pointer())
+            builder.store(builder.load(acc), dst, align=4)
+
+
+def _keys_ok(qs, kt, outs) -> bool:
+    """int16 1-D C query rows, int8 3-D C keys [E/2, W, 2], int32 1-D C outputs."""
+    return (all(isinstance(q, types.Array) and q.layout == "C" and q.dtype == types.int16
+                and q.ndim == 1 for q in qs)
+            and isinstance(kt, types.Array) and kt.layout == "C" and kt.dtype == types.int8
+            and kt.ndim == 3
+            and all(isinstance(o, types.Array) and o.layout == "C" and o.dtype == types.int32
+                    and o.ndim == 1 for o in outs))  # fmt: skip
+
+
+def _keys_codegen(nq):
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        qs = [_row_ptr(context, builder, tys[i], args[i], elem=_I16) for i in range(nq)]
+        kt, n8, e2 = args[nq], args[nq + 1], args[nq + 2]
+        outs = [_row_ptr(context, builder, tys[nq + 3 + i], args[nq + 3 + i], elem=_I32)
+                for i in range(nq)]  # fmt: skip
+        _keys_block_dots(context, builder, qs, tys[nq], kt, n8, e2, outs)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def keys_dot2(typingctx, qa, qb, kt, n8, e2, da, db):
+    """da[j] = qa . key j and db[j] = qb . key j for j < 8 n8, int32 (qa, qb int16 [>= 2 e2];
+    kt int8 [>= e2, >= 8 n8, 2], key j's elements 2 c2 and 2 c2 + 1 at kt[c2, j]; da, db int32
+    [>= 8 n8]): each 16-byte load of keys serves both query rows."""
+    if not _keys_ok([qa, qb], kt, [da, db]):
+        return None
+    return types.none(qa, qb, kt, n8, e2, da, db), _keys_codegen(2)
+
+
+@intrinsic
+def keys_dot1(typingctx, qa, kt, n8, e2, da):
+    """keys_dot2 for one query row."""
+    if not _keys_ok([qa], kt, [da]):
+        return None
+    return types.none(qa, kt, n8, e2, da), _keys_codegen(1)

@@ -75,3 +75,56 @@ def test_rows_must_be_contiguous():
     x = np.zeros((2, 64), np.int16)
     with pytest.raises(TypingError):
         blocks(x[:, ::2][0], x[0, :32], np.zeros((4, 32), np.int8), 0, 2)
+
+
+def _compile_keys():
+    @njit(cache=False)
+    def keys(qa, qb, kt, n8, e2, da, db, d1):
+        simd.keys_dot2(qa, qb, kt, n8, e2, da, db)
+        simd.keys_dot1(qb, kt, n8, e2, d1)
+
+    return keys
+
+
+@pytest.mark.parametrize("avx2", [True, False], ids=["avx2-intrinsic", "generic-ir"])
+def test_key_blocks_equal_int64_numpy(avx2, monkeypatch):
+    """keys_dot2 / keys_dot1 (the attention's q.k products, keys stored as element pairs) give
+    the exact int32 products for every key of the first n8 blocks of 8, at the extremes (|q| <=
+    16383, |k| <= 127) and at random, and write nothing past them."""
+    if avx2 and not simd.HAS_AVX2:
+        pytest.skip("the host CPU has no AVX2")
+    monkeypatch.setattr(simd, "HAS_AVX2", avx2)
+    keys = _compile_keys()
+    rng = np.random.default_rng(5)
+    for e in (2, 48, 64, 128):
+        w = 40
+        k = rng.integers(-127, 128, (w, e)).astype(np.int8)
+        k[0], k[1], k[2] = 127, -127, np.where(np.arange(e) % 2, 127, -127)
+        kt = np.ascontiguousarray(k.reshape(w, e // 2, 2).transpose(1, 0, 2))
+        for i, (qa, qb) in enumerate(((np.full(e, 16383), np.full(e, -16383)),
+                                      (rng.integers(-16383, 16384, e),
+                                       np.where(np.arange(e) % 2, -16383, 16383)))):  # fmt: skip
+            qa, qb = qa.astype(np.int16), qb.astype(np.int16)
+            want_a, want_b = k.astype(np.int64) @ qa, k.astype(np.int64) @ qb
+            if i == 0:  # the largest sums the bound allows, both signs
+                assert np.abs(want_a).max() == e * 16383 * 127
+            for n8 in (1, 3, 5):
+                da, db, d1 = (np.full(w + 8, 7, np.int32) for _ in range(3))
+                keys(qa, qb, kt, n8, e // 2, da, db, d1)
+                m = 8 * n8
+                assert (da[:m] == want_a[:m]).all() and (db[:m] == want_b[:m]).all()
+                assert (d1[:m] == want_b[:m]).all()
+                assert (da[m:] == 7).all() and (db[m:] == 7).all() and (d1[m:] == 7).all()
+    ir = "".join(keys.inspect_llvm().values())
+    assert ("llvm.x86.avx2.pmadd.wd" in ir) == avx2
+
+
+def test_key_blocks_reject_strided_keys():
+    """Keys must be a C-contiguous int8 [E/2, W, 2] array (else no signature matches)."""
+    from numba.core.errors import TypingError
+
+    keys = _compile_keys()
+    kt = np.zeros((4, 16, 4), np.int8)
+    q, d = np.zeros(8, np.int16), np.zeros(16, np.int32)
+    with pytest.raises(TypingError):
+        keys(q, q, kt[:, :, ::2], 1, 4, d, d, d)
