@@ -184,8 +184,7 @@ def build_tables(mf: ModelFile) -> EngineTables:
 @dataclass
 class CpuState:
     """KV caches of B streams, all layers (rowops.attend_step's types): k int8 keys as pairs
-    of elements [L, B, K, E/2, rowops.key_cols(W), 2], v (Q10) int32 [L, B, K, E, W]
-    (transposed: the P.V sums run along positions)."""
+    of elements [L, B, K, E/2, rowops.key_cols(W), 2], v (Q10) int32 rows [L, B, K, W, E]."""
 
     k_np: np.ndarray
     v_np: np.ndarray
@@ -237,7 +236,7 @@ class CpuEngine:
         n = len(self.tables.layers)
         kshape = (n, batch, self.kv, self.e // 2, rowops.key_cols(self.window), 2)
         return CpuState(np.zeros(kshape, np.int8),
-                        np.zeros((n, batch, self.kv, self.e, self.window), np.int32))  # fmt: skip
+                        np.zeros((n, batch, self.kv, self.window, self.e), np.int32))  # fmt: skip
 
     def step_np(self, state: CpuState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Stream b reads tokens[b] at position pos[b] -> capped logits Q16 [B, V] (int64)."""

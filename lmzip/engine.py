@@ -105,8 +105,8 @@ class _Linear:
 class DecodeState:
     """KV caches of B streams per layer: for the fused kernels (rowops.attend_step) k int8
     [B, K, E/2, rowops.key_cols(W), 2] (keys as pairs of elements) and v (Q10) int32
-    [B, K, E, W] (the P.V sums run along positions); for the GEMMs k as float32 and v as
-    float64 (exact values), both [B, K, W, E]."""
+    [B, K, W, E]; for the GEMMs k as float32 and v as float64 (exact values), both
+    [B, K, W, E]."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]
@@ -293,11 +293,10 @@ class Engine:
         shp = (batch, self.kv, self.window, self.e)
         dev = self.device
         n = len(self.layers)
-        if self.fused:  # rowops.attend_step's types: int8 key pairs, int32 values transposed
+        if self.fused:  # rowops.attend_step's types: int8 key pairs, int32 value rows
             kshape = (n, batch, self.kv, self.e // 2, rowops.key_cols(self.window), 2)
             k_all = torch.zeros(kshape, dtype=torch.int8, device=dev)
-            v_all = torch.zeros((n, batch, self.kv, self.e, self.window), dtype=torch.int32,
-                                device=dev)  # fmt: skip
+            v_all = torch.zeros((n,) + shp, dtype=torch.int32, device=dev)
         else:  # the GEMM types (exact values)
             k_all = torch.zeros((n,) + shp, dtype=torch.float32, device=dev)
             v_all = torch.zeros((n,) + shp, dtype=torch.float64, device=dev)
@@ -335,14 +334,13 @@ class Engine:
         tk = int(pos.max()) + 1
 
         def attn(i, q, k, v, gain):
-            if self.fused:  # keys [B, K, E/2, W', 2], values [B, K, E, W]
+            state.v[i][rows, :, pos] = v.to(state.v[i].dtype)  # [B, K, W, E] on both paths
+            if self.fused:  # keys [B, K, E/2, W', 2]
                 state.k[i][rows, :, :, pos] = k.reshape(b, self.kv, -1, 2).to(torch.int8)
-                state.v[i][rows, :, :, pos] = v.to(state.v[i].dtype)
                 y = rowops.attend_step(q.numpy(), state.k[i].numpy(), state.v[i].numpy(),
                                        pos.numpy(), gain.numpy(), self.att_np)  # fmt: skip
                 return torch.from_numpy(y)
             state.k[i][rows, :, pos] = k.to(state.k[i].dtype)  # [B, K, W, E]
-            state.v[i][rows, :, pos] = v.to(state.v[i].dtype)
             kc, vc = state.k[i][:, :, :tk], state.v[i][:, :, :tk]
             return self._attend(q[:, :, None], kc, vc, pos[:, None], gain).reshape(b, -1)
 

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from lmzip.coder import dec_symbol
-from lmzip.simd import dot1x4, dot2x2, keys_dot1, keys_dot2
+from lmzip.simd import dot1x4, dot2x2, keys_dot1, keys_dot2, rows_pv1, rows_pv2
 
 PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
 ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels
@@ -585,31 +585,15 @@ def decode_lm_row(p, precision, st, data, f, work):
     return dec_symbol(st, data, work, np.uint64(precision))
 
 
-@njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
-def _pv(pj, vals_t, n, acc):
-    """acc[c] = sum_{j < n} pj[j] * vals_t[c, j] (float64 [W], int32 [E, W]): exact integers in
-    float64, any order of the sums gives the same result (every partial sum < 2^38), so the
-    reduction may be vectorized along j (four outputs per pass: each pj[j] loaded once for
-    four products). The values are stored as int32 (|v| <= V_MAX < 2^22) and widened in the
-    loop: half the bytes of float64 values to stream from the caches."""
-    e = acc.shape[0]
-    c = 0
-    while c + 4 <= e:
-        t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
-        for j in range(n):
-            p = pj[j]
-            t0 += p * np.float64(vals_t[c, j])
-            t1 += p * np.float64(vals_t[c + 1, j])
-            t2 += p * np.float64(vals_t[c + 2, j])
-            t3 += p * np.float64(vals_t[c + 3, j])
-        acc[c], acc[c + 1], acc[c + 2], acc[c + 3] = t0, t1, t2, t3
-        c += 4
-    while c < e:
-        t0 = 0.0
-        for j in range(n):
-            t0 += pj[j] * np.float64(vals_t[c, j])
-        acc[c] = t0
-        c += 1
+@njit(cache=True, inline="always")
+def _pv_tail(pj, idx, m, vals, c0, acc):
+    """acc[c] = sum_{i < m} pj[idx[i]] * vals[idx[i], c] for c >= c0 (the outputs past the last
+    block of 16 of simd.rows_pv2), in float64: exact integers (_attend_heads' bound)."""
+    for c in range(c0, acc.shape[0]):
+        t = 0.0
+        for i in range(m):
+            t += pj[idx[i]] * np.float64(vals[idx[i], c])
+        acc[c] = t
 
 
 def key_cols(w: int) -> int:
@@ -618,33 +602,47 @@ def key_cols(w: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _attend_heads(q, t, h0, pair, keys, vals_t, n, gain, att, qa, qb, da, db, lg, pj, acc, out,
-                  row):  # fmt: skip
+def _attend_heads(q, t, h0, pair, keys, vals, n, gain, att, qa, qb, da, db, lg, pa, pb, idx, acca,
+                  accb, out, row):  # fmt: skip
     """Query heads h0 (and h0 + 1 if pair) of q[t] (int8 [.., H, E]) against keys 0..n-1 of
     keys (int8 [E/2, >= 8 ceil(n / 8), 2]: key j's elements 2 c2 and 2 c2 + 1 at keys[c2, j])
-    and values vals_t[:, 0:n] (int32 [E, W], Q10): out[row, h * E + c] = rs(sum_j P_j *
+    and value rows vals[0:n] (int32 [W, E], Q10): out[row, h * E + c] = rs(sum_j P_j *
     v_j[c], 16), P in Q16 (numerics.md "Attention"). The dot products are exact int32 sums,
-    computed for whole blocks of 8 keys (the ones past n are not read); each P_j * v_j < 2^38
-    and their sum < 2^38 (sum P <= 2^16), so the float64 sums of _pv are exact integers in any
-    order. qa, qb: int16 [E]; da, db: int32 [>= 8 ceil(n / 8)]; lg, pj: float64 [W]; acc:
-    float64 [E] scratch."""
+    computed for whole blocks of 8 keys (the ones past n are not read). The P.V sums skip the
+    positions where every head's P_j is 0 (about half of them in the shipped model: Q16
+    probabilities below 2^-16 floor to 0) and run over the rest in simd.rows_pv2, each value
+    row loaded once for both heads; each P_j * v_j < 2^38 and their sum < 2^38 (sum P <= 2^16),
+    so these float64 sums are exact integers in any order. qa, qb: int16 [E]; da, db: int32
+    [>= 8 ceil(n / 8)]; lg, pa, pb: float64 [W]; idx: int64 [W]; acca, accb: float64 [E]."""
     e = qa.shape[0]
-    e2 = e // 2
+    e16 = e // 16
     n8 = (n + 7) // 8
     for c in range(e):
         qa[c] = q[t, h0, c]
+    m = 0
     if pair:
         for c in range(e):
             qb[c] = q[t, h0 + 1, c]
-        keys_dot2(qa, qb, keys, n8, e2, da, db)  # each block of keys loaded once for both heads
-    else:
-        keys_dot1(qa, keys, n8, e2, da)
-    for k in range(2 if pair else 1):
-        h = h0 + k
-        _att_row(da if k == 0 else db, n, gain[h], att, lg, pj)
-        _pv(pj, vals_t, n, acc)
+        keys_dot2(qa, qb, keys, n8, e // 2, da, db)  # each block of keys loaded once for both
+        _att_row(da, n, gain[h0], att, lg, pa)
+        _att_row(db, n, gain[h0 + 1], att, lg, pb)
+        for j in range(n):
+            idx[m] = j
+            m += (pa[j] != 0.0) | (pb[j] != 0.0)
+        rows_pv2(idx, m, pa, pb, vals, e16, acca, accb)
+        _pv_tail(pb, idx, m, vals, 16 * e16, accb)
         for c in range(e):
-            out[row, h * e + c] = _rs(np.int64(acc[c]), 16)
+            out[row, (h0 + 1) * e + c] = _rs(np.int64(accb[c]), 16)
+    else:
+        keys_dot1(qa, keys, n8, e // 2, da)
+        _att_row(da, n, gain[h0], att, lg, pa)
+        for j in range(n):
+            idx[m] = j
+            m += pa[j] != 0.0
+        rows_pv1(idx, m, pa, vals, e16, acca)
+    _pv_tail(pa, idx, m, vals, 16 * e16, acca)
+    for c in range(e):
+        out[row, h0 * e + c] = _rs(np.int64(acca[c]), 16)
 
 
 @njit(cache=True, parallel=True)
@@ -661,25 +659,28 @@ def attend_fwd(q, k, v, t_n, gain, att):
     for pair in prange((rows // t_n) * kv_n):
         w, kh = pair // kv_n, pair % kv_n
         keys = np.zeros((e // 2, w8, 2), np.int8)
-        vals_t = np.empty((e, t_n), np.int32)
+        vals = np.empty((t_n, e), np.int32)
         da = np.empty(w8, np.int32)
         db = np.empty(w8, np.int32)
         lg = np.empty(t_n, np.float64)
-        pj = np.empty(t_n, np.float64)
-        acc = np.empty(e, np.float64)
+        pa = np.empty(t_n, np.float64)
+        pb = np.empty(t_n, np.float64)
+        idx = np.empty(t_n, np.int64)
+        acca = np.empty(e, np.float64)
+        accb = np.empty(e, np.float64)
         qa = np.empty(e, np.int16)
         qb = np.empty(e, np.int16)
         base = w * t_n
         for j in range(t_n):
             for c in range(e):
                 keys[c >> 1, j, c & 1] = k[base + j, kh, c]
-                vals_t[c, j] = np.int32(v[base + j, kh * e + c])
+                vals[j, c] = np.int32(v[base + j, kh * e + c])
         for t in range(t_n):
             h = kh * g
             while h < kh * g + g:
                 two = h + 1 < kh * g + g
-                _attend_heads(q, base + t, h, two, keys, vals_t, t + 1, gain, att, qa, qb, da,
-                              db, lg, pj, acc, out, base + t)  # fmt: skip
+                _attend_heads(q, base + t, h, two, keys, vals, t + 1, gain, att, qa, qb, da, db,
+                              lg, pa, pb, idx, acca, accb, out, base + t)  # fmt: skip
                 h += 2 if two else 1
     return out
 
@@ -695,20 +696,23 @@ def set_threads(n: int) -> None:
 @njit(cache=True)
 def attend_step(q, kc, vc, pos, gain, att):
     """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, E/2, key_cols(W), 2] (keys
-    as pairs of elements, _attend_heads) and vc int32 [B, K, E, W] (Q10 values, transposed:
-    the P.V sums run along positions), keys 0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops read, so no step
+    as pairs of elements, _attend_heads) and vc int32 [B, K, W, E] (Q10 value rows), keys
+    0..pos[b] -> y Q10 int64 [B, H*E]. The caches hold the types the loops read, so no step
     copies them. Same integers as numerics.md section 5 "Attention" (dot, logit, ATT, P, sum,
     rs)."""
     b_n, h_n, e = q.shape
     kv_n = kc.shape[1]
     g = h_n // kv_n
-    w_n = vc.shape[3]
+    w_n = vc.shape[2]
     out = np.empty((b_n, h_n * e), np.int64)
     da = np.empty(kc.shape[3], np.int32)
     db = np.empty(kc.shape[3], np.int32)
     lg = np.empty(w_n, np.float64)
-    pj = np.empty(w_n, np.float64)
-    acc = np.empty(e, np.float64)
+    pa = np.empty(w_n, np.float64)
+    pb = np.empty(w_n, np.float64)
+    idx = np.empty(w_n, np.int64)
+    acca = np.empty(e, np.float64)
+    accb = np.empty(e, np.float64)
     qa = np.empty(e, np.int16)
     qb = np.empty(e, np.int16)
     for b in range(b_n):
@@ -717,8 +721,8 @@ def attend_step(q, kc, vc, pos, gain, att):
             h = kh * g
             while h < kh * g + g:
                 two = h + 1 < kh * g + g
-                _attend_heads(q, b, h, two, kc[b, kh], vc[b, kh], n, gain, att, qa, qb, da,
-                              db, lg, pj, acc, out, b)  # fmt: skip
+                _attend_heads(q, b, h, two, kc[b, kh], vc[b, kh], n, gain, att, qa, qb, da, db,
+                              lg, pa, pb, idx, acca, accb, out, b)  # fmt: skip
                 h += 2 if two else 1
     return out
 
@@ -729,7 +733,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
     dispatch. Weights are stacked per layer for linear_i16 ([L, out, in] int8; emb_w [V, D]
     serves the lookup and the logits; scales [L, out] Q24), caches
-    kc int8 [L, B, K, E/2, key_cols(W), 2] and vc int32 [L, B, K, E, W] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
+    kc int8 [L, B, K, E/2, key_cols(W), 2] and vc int32 [L, B, K, W, E] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
     Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
     res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
     big = np.int64(9223372036854775807)
@@ -761,7 +765,7 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
             for h in range(kv_n):
                 for c in range(e):
                     kc[i, b, h, c >> 1, p, c & 1] = np.int8(k[b, h, c])
-                    vc[i, b, h, c, p] = np.int32(vv[b, h * e + c])
+                    vc[i, b, h, p, c] = np.int32(vv[b, h * e + c])
         y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
         a, s = absquant(y, 14, aq)
         o = linear_i16(a, wo[i], s, wso[i], 20, -big, big)

@@ -13,6 +13,8 @@ max|w| < 2^31), so int32 addition is exact in any order.
 dot2x2 and dot1x4 cover the first 16 * n16 elements of their rows; the caller adds the rest
 (K mod 16) with scalar code. keys_dot2 and keys_dot1 run along the other axis: the products of
 one or two query rows with blocks of 8 keys stored as pairs of elements (no horizontal sums).
+rows_pv2 and rows_pv1 are the attention's P.V sums over a list of value rows, in float64 (exact:
+every product and partial sum is an integer below 2^53, the callers' bound).
 """
 
 from __future__ import annotations
@@ -222,3 +224,104 @@ def keys_dot1(typingctx, qa, kt, n8, e2, da):
     if not _keys_ok([qa], kt, [da]):
         return None
     return types.none(qa, kt, n8, e2, da), _keys_codegen(1)
+
+
+_F64 = ir.DoubleType()
+_V4xF64 = ir.VectorType(_F64, 4)
+_V4x32 = ir.VectorType(_I32, 4)
+
+
+def _rows_pv(context, builder, sig, args, nh):
+    """acc_h[c] = sum_i p_h[idx[i]] * v[idx[i], c] for c < 16 e16, h < nh: the float64 sums of
+    the value rows idx[0:m] (int32 [W, E], converted to float64 as loaded, or float64), 16 outputs per pass
+    over the rows, in four vector accumulators per head (each row's 16 values loaded and
+    converted once for every head)."""
+    tys = sig.args
+    idx_t, ps_t, v_t = tys[0], tys[2 : 2 + nh], tys[2 + nh]
+    aidx, m, ps, av, e16 = args[0], args[1], args[2 : 2 + nh], args[2 + nh], args[3 + nh]
+    outs = args[4 + nh : 4 + 2 * nh]
+    idx = _row_ptr(context, builder, idx_t, aidx, elem=ir.IntType(64))
+    pp = [_row_ptr(context, builder, t, a, elem=_F64) for t, a in zip(ps_t, ps)]
+    op = [_row_ptr(context, builder, t, a, elem=_F64) for t, a in zip(tys[4 + nh :], outs)]
+    va = context.make_array(v_t)(context, builder, av)
+    vbase = builder.bitcast(va.data, _I8.as_pointer())
+    vrow = builder.extract_value(va.strides, 0)
+    zero = ir.Constant(_V4xF64, None)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(nh)]
+    bcast = ir.Constant(ir.VectorType(_I32, 4), [0] * 4)
+    # a fused multiply-add rounds once where a product and a sum would round twice; neither
+    # rounds here (exact integers), so the result is the same on targets without FMA units
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V4xF64, [_V4xF64] * 3), "llvm.fma.v4f64"
+    )
+    with cgutils.for_range(builder, e16) as blk:
+        for ah in accs:
+            for a in ah:
+                builder.store(zero, a)
+        c0 = builder.mul(blk.index, ir.Constant(blk.index.type, 16 * v_t.dtype.bitwidth // 8))
+        with cgutils.for_range(builder, m) as it:
+            j = builder.load(builder.gep(idx, [it.index]))
+            row = builder.gep(vbase, [builder.add(builder.mul(j, vrow), c0)])
+            xs = []
+            for q in range(4):
+                ptr = builder.gep(
+                    row, [ir.Constant(ir.IntType(64), 4 * q * v_t.dtype.bitwidth // 8)]
+                )
+                if v_t.dtype == types.float64:
+                    xs.append(builder.load(builder.bitcast(ptr, _V4xF64.as_pointer()), align=8))
+                else:
+                    x = builder.load(builder.bitcast(ptr, _V4x32.as_pointer()), align=4)
+                    xs.append(builder.sitofp(x, _V4xF64))
+            for p, ah in zip(pp, accs):
+                s = builder.load(builder.gep(p, [j]))
+                one = builder.insert_element(ir.Constant(_V4xF64, ir.Undefined), s,
+                                             ir.Constant(_I32, 0))  # fmt: skip
+                pv = builder.shuffle_vector(one, one, bcast)
+                for x, a in zip(xs, ah):
+                    builder.store(builder.call(fma, [pv, x, builder.load(a)]), a)
+        first = builder.mul(blk.index, ir.Constant(blk.index.type, 16))
+        for o, ah in zip(op, accs):
+            for q, a in enumerate(ah):
+                off = builder.add(first, ir.Constant(first.type, 4 * q))
+                dst = builder.bitcast(builder.gep(o, [off]), _V4xF64.as_pointer())
+                builder.store(builder.load(a), dst, align=8)
+    return context.get_dummy_value()
+
+
+def _pv_ok(idx, ps, v, outs) -> bool:
+    """int64 1-D C row list, float64 1-D C weights and outputs, int32 2-D C value rows."""
+
+    def vec(a, dt):
+        return isinstance(a, types.Array) and a.layout == "C" and a.dtype == dt and a.ndim == 1
+
+    return (vec(idx, types.int64) and all(vec(p, types.float64) for p in ps + outs)
+            and isinstance(v, types.Array) and v.layout == "C"
+            and v.dtype in (types.int32, types.float64)
+            and v.ndim == 2)  # fmt: skip
+
+
+@intrinsic
+def rows_pv2(typingctx, idx, m, pa, pb, v, e16, acca, accb):
+    """acca[c] = sum_{i < m} pa[idx[i]] * v[idx[i], c] and accb likewise with pb, for c < 16 e16,
+    in float64 (idx int64 [>= m]; pa, pb float64 [W]; v int32 or float64 [W, E]; acca, accb
+    float64 [E]).
+    Exact where every product and partial sum is an integer below 2^53 in magnitude."""
+    if not _pv_ok(idx, [pa, pb], v, [acca, accb]):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _rows_pv(context, builder, signature, args, 2)
+
+    return types.none(idx, m, pa, pb, v, e16, acca, accb), codegen
+
+
+@intrinsic
+def rows_pv1(typingctx, idx, m, pa, v, e16, acca):
+    """rows_pv2 for one head."""
+    if not _pv_ok(idx, [pa], v, [acca]):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _rows_pv(context, builder, signature, args, 1)
+
+    return types.none(idx, m, pa, v, e16, acca), codegen

@@ -209,8 +209,26 @@ def test_rejects_out_of_range_tensors(mf):
         Engine(dataclasses.replace(mf, tensors=t))
 
 
-def test_fused_kernels_equal_torch_reference(mf):
-    """The numba kernels (CPU default) compute exactly the torch reference's integers."""
+# Other head shapes for the fused attention: three query heads per KV head (a pair, then one
+# alone), head_dim 20 (outputs past the last block of 16 of simd.rows_pv2) and a window that is
+# not a multiple of 8 keys (rowops.key_cols); one query head per KV head, head_dim 48.
+SHAPES = {
+    "h3-kv1-e20-w45": {"d_model": 60, "n_head": 3, "n_kv_head": 1, "seq_len": 45},
+    "h2-kv2-e48": {"d_model": 96, "n_head": 2, "n_kv_head": 2},
+}
+
+
+@pytest.fixture(scope="module", params=["default", *SHAPES])
+def shaped_mf(request, mf, tok_bytes):
+    if request.param == "default":
+        return mf
+    return random_model_file(tok_bytes, seed=5, **SHAPES[request.param])
+
+
+def test_fused_kernels_equal_torch_reference(shaped_mf):
+    """The numba kernels (CPU default) compute exactly the torch reference's integers, for the
+    test model and other head shapes."""
+    mf = shaped_mf
     fused, ref = Engine(mf, fused=True), Engine(mf, fused=False)
     layered = Engine(mf, fused=True)
     layered._stacked = None  # steps layer by layer (batches over STEP_ALL_MAX_B streams)
@@ -349,11 +367,12 @@ def test_float_estimated_divisions_are_exact_floor_divisions():
         assert got == rowops._rdiv(np.int64(n), np.int64(d)) == (2 * n + d) // (2 * d), (n, d)
 
 
-def test_cpu_engine_equals_torch_engine(mf):
+def test_cpu_engine_equals_torch_engine(shaped_mf):
     """lmzip.cpu_engine.CpuEngine (numpy and the compiled kernels, no torch: what the compressor
     runs on CPU) gives the torch engine's integers on both paths, and the torch reference's."""
     from lmzip.cpu_engine import CpuEngine, build_tables
 
+    mf = shaped_mf
     tables = build_tables(mf)
     assert CpuEngine.supports(tables)
     cpu, ref = CpuEngine(tables), Engine(mf, fused=False)

@@ -128,3 +128,39 @@ def test_key_blocks_reject_strided_keys():
     q, d = np.zeros(8, np.int16), np.zeros(16, np.int32)
     with pytest.raises(TypingError):
         keys(q, q, kt[:, :, ::2], 1, 4, d, d, d)
+
+
+def test_value_rows_pv_equal_int64_numpy():
+    """rows_pv2 / rows_pv1 (the attention's P.V sums over a list of value rows, float64) give the
+    exact integer sums at the bound's extremes (P summing to 2^16 on one row or spread, values
+    +-(2^22 - 1)), for int32 and float64 value rows, over the first 16 * e16 outputs only."""
+
+    @njit(cache=False)
+    def pv(idx, m, pa, pb, v, e16, a, b, c):
+        simd.rows_pv2(idx, m, pa, pb, v, e16, a, b)
+        simd.rows_pv1(idx, m, pb, v, e16, c)
+
+    rng = np.random.default_rng(7)
+    vmax = (1 << 22) - 1
+    for e in (16, 48, 20):
+        w = 64
+        v = rng.integers(-vmax, vmax + 1, (w, e))
+        v[3], v[5] = vmax, -vmax
+        pa = np.zeros(w)
+        pa[3] = 1 << 16  # all the mass on one row of the largest values
+        pb = rng.multinomial(1 << 16, np.ones(w) / w).astype(np.float64)
+        for vv in (v.astype(np.int32), v.astype(np.float64)):
+            for idx in (np.arange(w), np.sort(rng.choice(w, 20, replace=False)), np.array([3, 5])):
+                m = len(idx)
+                idx = np.concatenate([idx, np.full(4, 10**6)])  # entries past m are not read
+                a, b, c = (np.full(e, 0.5) for _ in range(3))
+                pv(idx.astype(np.int64), m, pa, pb, vv, e // 16, a, b, c)
+                rows = idx[:m]
+                k = 16 * (e // 16)
+                want_a = pa[rows].astype(np.int64) @ v[rows].astype(np.int64)
+                want_b = pb[rows].astype(np.int64) @ v[rows].astype(np.int64)
+                assert (a[:k] == want_a[:k]).all() and (b[:k] == want_b[:k]).all()
+                assert (c[:k] == want_b[:k]).all()
+                assert (a[k:] == 0.5).all() and (b[k:] == 0.5).all() and (c[k:] == 0.5).all()
+                if 3 in rows:
+                    assert want_a[0] == vmax << 16
