@@ -29,6 +29,7 @@ from lmzip.errors import FormatError, LmzipError, VersionError
 from lmzip.mixer import GroupEncoder, MixDecoder, MixerParams, mix_decode_token, new_table
 from lmzip.tables import exp_tables_np
 from lmzip.tokenizer import Tokenizer
+from lmzip.turns import new_turns, store_release, wait_turn
 
 
 def _fixed_mmap_threshold() -> None:
@@ -465,8 +466,42 @@ def _decode_slice_lockstep(count, io, n, outs, seg, bos, step_args, kcs, vcs, st
                 _advance(io[g], outs[g], tok, seg, bos)
 
 
+@njit(cache=True, nogil=True)
+def _decode_slice_turn(count, g, io, n, outs, seg, bos, step_args, kcs, vcs, step_tail, probs,
+                       heads, bodies, mems, mem_of, hists, csts, datas, lens, turn):  # fmt: skip
+    """Stream g's part of `count` lock-step positions, on a thread of its own (_decode_lockstep):
+    its LM step whenever its previous token is known, then its token decoded in its turn, slot
+    tick * G + g of the turn counter (lmzip.turns), the order of _decode_slice_lockstep (a
+    stream that has ended passes its turns). While one stream decodes its token, the others
+    step: the mixing of all but one stream is hidden behind the LM steps. io[g, 3] counts the
+    stream's positions (ticks)."""
+    g_n = io.shape[0]
+    for _ in range(count):
+        tick = io[g, 3]
+        live = io[g, 2] < n[g]
+        if live:
+            probs[g] = _next_row(io[g], step_args, kcs[g], vcs[g], step_tail)
+        if not wait_turn(turn, tick * g_n + g):
+            return  # another thread failed (turn[1] set): stop
+        if live:
+            tok = mix_decode_token(heads[g], bodies[g], mems[mem_of[g]], hists[g], csts[g],
+                                   datas[g, : lens[g]], probs[g])  # fmt: skip
+            _advance(io[g], outs[g], tok, seg, bos)
+        io[g, 3] = tick + 1
+        store_release(turn, 0, tick * g_n + g + 1)  # publishes the table updates with the turn
+
+
+def _turn_threads() -> int:
+    """Threads the lock-step streams may have to themselves: numba's (rowops.set_threads)."""
+    import numba
+
+    return numba.get_num_threads()
+
+
 def _decode_lockstep(model: LoadedModel, streams: list) -> None:
-    """Decode mixed streams together with the compiled lock-step slices (CPU, fused engine)."""
+    """Decode mixed streams together (CPU, fused engine): one thread per stream taking turns
+    (_decode_slice_turn) where there are threads for all of them, else the compiled lock-step
+    slices on numba's threads (_decode_slice_lockstep). The same tokens either way."""
     eng = model.engine
     step_args, step_tail = eng.step_all_args()
     g_n = len(streams)
@@ -474,7 +509,7 @@ def _decode_lockstep(model: LoadedModel, streams: list) -> None:
     kcs = np.zeros((g_n,) + one.k_np.shape, one.k_np.dtype)
     vcs = np.zeros((g_n,) + one.v_np.shape, one.v_np.dtype)
     del one
-    io = np.zeros((g_n, 3), np.int64)  # per stream: next input token, its position, done
+    io = np.zeros((g_n, 4), np.int64)  # per stream: next input token, its position, done, ticks
     io[:, 0] = model.tokenizer.bos_id
     n = np.array([s.n for s in streams], np.int64)
     probs = np.empty((g_n, eng.vocab_size), np.int64)
@@ -498,12 +533,32 @@ def _decode_lockstep(model: LoadedModel, streams: list) -> None:
     for g, s in enumerate(streams):
         datas[g, : lens[g]] = s.mix.data
     outs = np.zeros((g_n, int(max(1, n.max()))), np.int32)
-    seg = eng.window - 1
-    while (io[:, 2] < n).any():
-        count = min(DECODE_SLICE, int((n - io[:, 2]).max()))
-        _decode_slice_lockstep(count, io, n, outs, seg, model.tokenizer.bos_id, step_args, kcs,
-                               vcs, step_tail, probs, heads, bodies, mems, mem_of, hists, csts,
-                               datas, lens)  # fmt: skip
+    seg, bos = eng.window - 1, model.tokenizer.bos_id
+    tail = (probs, heads, bodies, mems, mem_of, hists, csts, datas, lens)
+    turns = g_n <= _turn_threads()
+    turn = new_turns()
+    with cf.ThreadPoolExecutor(g_n - 1 if turns else 1, thread_name_prefix="lmzip-stream") as pool:
+
+        def run(count, g):
+            try:
+                _decode_slice_turn(count, g, io, n, outs, seg, bos, step_args, kcs, vcs,
+                                   step_tail, *tail, turn)  # fmt: skip
+            except BaseException:
+                turn[1] = 1  # the other streams stop waiting for this one's turns
+                raise
+
+        while (io[:, 2] < n).any():
+            count = min(DECODE_SLICE, int((n - io[:, 2]).max()))
+            if not turns:
+                _decode_slice_lockstep(count, io, n, outs, seg, bos, step_args, kcs, vcs,
+                                       step_tail, *tail)  # fmt: skip
+                continue
+            others = [pool.submit(run, count, g) for g in range(1, g_n)]
+            try:
+                run(count, 0)
+            finally:
+                for f in others:  # all return: each ran its slice, or turn[1] stopped it
+                    f.result()
     for g, s in enumerate(streams):
         s.tokens[:] = outs[g, : s.n]
         s.done = s.n

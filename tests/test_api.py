@@ -54,16 +54,17 @@ def test_batch_size_and_threads_do_not_change_bytes(lm):
 @pytest.mark.parametrize("lm_only", [False, True])
 def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, lm_only):
     """A lone stream decodes in compiled slices (api._decode_single), a group of mixed streams
-    in compiled lock-step slices (api._decode_lockstep, its LM steps on 1 or 2 threads), any
-    batch in the Python loop; all must give the input back, across LM windows and slices."""
+    in compiled lock-step slices (api._decode_lockstep: its LM steps on 1 or 2 of numba's
+    threads, or a thread per stream taking turns), any batch in the Python loop; all must give
+    the input back, across LM windows and slices."""
     assert lm.engine.step_all_ok()
     monkeypatch.setattr(api, "DECODE_SLICE", 7)  # slices end inside windows, never aligned
     data = read_corpus("lee_news.txt.zst", 7000)
     buf = io.BytesIO()
     api.compress_stream(io.BytesIO(data), buf, lm,
                         api.CodingOptions(threads=1, chunk_size=2048, lm_only=lm_only))  # fmt: skip
-    calls = {"single": 0, "lockstep": 0}
-    for name in ("single", "lockstep"):
+    calls = {"single": 0, "lockstep": 0, "slice_turn": 0}
+    for name in ("single", "lockstep", "slice_turn"):
         fn = getattr(api, f"_decode_{name}")
         monkeypatch.setattr(api, f"_decode_{name}",
                             lambda *a, fn=fn, name=name: calls.update({name: calls[name] + 1})
@@ -71,20 +72,34 @@ def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, l
     seen = []
     set_threads = rowops.set_threads
     monkeypatch.setattr(rowops, "set_threads", lambda n: None)  # the loop below chooses
-    for batch, lockstep_max, threads in ((1, 8, 1), (4, 8, 1), (4, 8, 2), (4, 1, 1)):
+    turn_threads = api._turn_threads
+    # (batch, LOCKSTEP_MAX, numba threads, threads the streams may have): a group per batch
+    # on one thread (numba's lock-step slices) and on two (a thread per stream, taking turns);
+    # two groups in one batch on one and two threads (lock-step slices) and with a thread per
+    # stream forced (four threads taking turns on this machine's cores); the loop
+    cases = ((1, 8, 1, None), (1, 8, 2, None), (4, 8, 1, None), (4, 8, 2, None), (4, 8, 2, 8),
+             (4, 1, 1, None))  # fmt: skip
+    for batch, lockstep_max, threads, turn_max in cases:
         monkeypatch.setattr(api, "LOCKSTEP_MAX", lockstep_max)
+        monkeypatch.setattr(api, "_turn_threads", (lambda t=turn_max: t) if turn_max else turn_threads)
         set_threads(threads)
         out = io.BytesIO()
         api.decompress_stream(io.BytesIO(buf.getvalue()), out.write, lm,
                               api.CodingOptions(threads=1, batch_size=batch))  # fmt: skip
         assert out.getvalue() == data
         seen.append(dict(calls))
-        calls.update(single=0, lockstep=0)
+        calls.update(single=0, lockstep=0, slice_turn=0)
     set_threads(1)
     if lm_only:  # 4 chunks: one at a time, or one batch in the loop
-        assert [c["single"] for c in seen] == [4, 0, 0, 0] and not any(c["lockstep"] for c in seen)
+        assert [c["single"] for c in seen] == [4, 4, 0, 0, 0, 0]
+        assert not any(c["lockstep"] or c["slice_turn"] for c in seen)
     else:  # 2 groups of 2: a group per batch, or both in one batch, or the loop
-        assert [c["lockstep"] for c in seen] == [2, 1, 1, 0] and not any(c["single"] for c in seen)
+        assert [c["lockstep"] for c in seen] == [2, 2, 1, 1, 1, 0]
+        assert not any(c["single"] for c in seen)
+        n_slices = -(-7000 // 2 // 4 // 7)  # at least this many slices of 7 positions per stream
+        turned = [c["slice_turn"] for c in seen]  # one call per stream and slice
+        assert turned[0] == turned[2] == turned[3] == turned[5] == 0
+        assert turned[1] >= 2 * 2 * n_slices // 2 and turned[4] >= 4 * n_slices // 2
 
 
 def test_a_group_of_chunks_shares_its_table(lm, monkeypatch):
