@@ -132,6 +132,8 @@ def _rope_tables(base: np.ndarray, window: int, e: int) -> tuple[np.ndarray, np.
         c2 = rshift_round(c * cb - s * sb, 30)
         s2 = rshift_round(s * cb + c * sb, 30)
         c, s = np.where(on, c2, c), np.where(on, s2, s)
+    if max(np.abs(c).max(), np.abs(s).max()) >= 1 << 31:  # rotations stay near 2^30
+        raise FormatError("model tensor rope: its rotations leave the range below 2^31")
     return c, s
 
 

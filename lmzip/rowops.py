@@ -339,32 +339,53 @@ def rescale(acc, a_scale, ws, shift, lo, hi):
 
 @njit(cache=True, inline="always")
 def _qk_block(y, pos, cos, sin, sqe, e, out, r0, r1):
+    """Rows r0..r1-1 of qk_rows (numerics.md "qk"). After the int64 sum of squares and its
+    isqrt, every step runs on integers held exactly in float64, in a loop LLVM vectorizes (AVX2
+    has no int64 <-> float64 conversions; the inputs are converted through int32, where they
+    fit): |y| < 2^24 and SQE < 2^20 make 2 y SQE + d < 2^45; the quotient by 2d (d = 16 R,
+    |y| <= R, so |quotient| <= SQE / 16 + 1 < 2^15) is estimated from 1 / 2d within 2^-37, so
+    one correction each way gives the floor, and its products with 2d stay below 2^47; the RoPE
+    sums n COS +- n' SIN < 2^47 (|COS|, |SIN| < 2^31, which cpu_engine._rope_tables checks);
+    rs(v, s) = floor((v + 2^(s-1)) * 2^-s) exactly (scaling by a power of two)."""
     heads = y.shape[1] // e
     half = e // 2
     lim = (1 << 24) - 1
+    sq2 = 2.0 * np.float64(sqe)
+    yf = np.empty(e, np.float64)
     for r in range(r0, r1):
         p = pos[r]
         for h in range(heads):
             base = h * e
             ss = np.int64(0)
             for c in range(e):
-                v = min(max(y[r, base + c], -lim), lim)
-                ss += v * v
+                v = np.int32(min(max(y[r, base + c], -lim), lim))
+                yf[c] = np.float64(v)
+                ss += np.int64(v) * np.int64(v)
             root = _isqrt(ss)
-            d2 = 32 * root
-            inv2 = 1.0 / np.float64(max(d2, 1))
+            if root == 0:  # an all-zero head: n = 0
+                for c in range(e):
+                    out[r, h, c] = 0
+                continue
+            d2 = 32.0 * np.float64(root)  # 2 d: rdiv(n, d) = floor((2 n + d) / 2 d)
+            inv2 = 1.0 / d2
+            hd = 0.5 * d2
             for c in range(half):
-                v1 = min(max(y[r, base + c], -lim), lim)
-                v2 = min(max(y[r, base + c + half], -lim), lim)
-                n1, n2 = np.int64(0), np.int64(0)
-                if root > 0:
-                    n1 = _rdiv_inv(v1 * sqe, d2, inv2)
-                    n2 = _rdiv_inv(v2 * sqe, d2, inv2)
-                cc, sn = cos[p, c], sin[p, c]
-                r1_ = _rs(_rs(n1 * cc + n2 * sn, 30), 8)
-                r2_ = _rs(_rs(n2 * cc - n1 * sn, 30), 8)
-                out[r, h, c] = min(max(r1_, -127), 127)
-                out[r, h, c + half] = min(max(r2_, -127), 127)
+                a1 = yf[c] * sq2 + hd
+                a2 = yf[c + half] * sq2 + hd
+                n1 = np.floor(a1 * inv2)
+                n2 = np.floor(a2 * inv2)
+                n1 = n1 - 1.0 if n1 * d2 > a1 else n1
+                n1 = n1 + 1.0 if (n1 + 1.0) * d2 <= a1 else n1
+                n2 = n2 - 1.0 if n2 * d2 > a2 else n2
+                n2 = n2 + 1.0 if (n2 + 1.0) * d2 <= a2 else n2
+                cc = np.float64(np.int32(cos[p, c]))
+                sn = np.float64(np.int32(sin[p, c]))
+                t1 = np.floor((n1 * cc + n2 * sn + 536870912.0) * (1.0 / 1073741824.0))
+                t2 = np.floor((n2 * cc - n1 * sn + 536870912.0) * (1.0 / 1073741824.0))
+                t1 = np.floor((t1 + 128.0) * (1.0 / 256.0))
+                t2 = np.floor((t2 + 128.0) * (1.0 / 256.0))
+                out[r, h, c] = np.int8(np.int32(min(max(t1, -127.0), 127.0)))
+                out[r, h, c + half] = np.int8(np.int32(min(max(t2, -127.0), 127.0)))
 
 
 @njit(cache=True)

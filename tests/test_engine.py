@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from decimal import Decimal, getcontext
@@ -398,3 +399,78 @@ def test_numpy_tables_equal_torch_reference():
     assert tables.att_exp_np()[-1] == 0
     x = torch.randint(0, 30 << 16, (50000,), generator=torch.Generator().manual_seed(5))
     assert np.array_equal(tables.exp_q30_np(x.numpy()), numerics.exp_q30(x).numpy())
+
+
+def _qk_reference(y, pos, cos, sin, sqe, e):
+    """numerics.md "qk" in Python integers (int64 numpy: every value here fits)."""
+    n = y.shape[0]
+    y = np.clip(y, -(2**24 - 1), 2**24 - 1).reshape(n, -1, e)
+    r = np.array([[math.isqrt(int((h * h).sum())) for h in row] for row in y], np.int64)
+    d = 16 * r[:, :, None]
+    num = y * sqe
+    yn = np.where(d > 0, (2 * num + d) // np.maximum(2 * d, 1), 0)
+    half = e // 2
+    y1, y2 = yn[..., :half], yn[..., half:]
+    c, s = cos[pos][:, None, :], sin[pos][:, None, :]
+    r1 = (y1 * c + y2 * s + (1 << 29)) >> 30
+    r2 = (y2 * c - y1 * s + (1 << 29)) >> 30
+    out = (np.concatenate([r1, r2], axis=-1) + 128) >> 8
+    return np.clip(out, -127, 127).astype(np.int8)
+
+
+@pytest.mark.parametrize("e", [16, 48, 20])
+def test_qk_rows_exact_at_the_extremes(e):
+    """rowops.qk_rows (float64 over int32-converted inputs, exact by its bounds) equals the
+    spec's integers for rows at the clamp (|y| = 2^24 - 1 everywhere: the largest sum of
+    squares), beyond it, one nonzero element (the largest quotient, SQE / 16), zero heads, and
+    RoPE tables at +-(2^31 - 1), the largest magnitude a model may have."""
+    from lmzip import rowops
+
+    rng = np.random.default_rng(11)
+    n, heads, sqe = 12, 3, math.isqrt(e << 32)  # sqrt(E) in Q16, as the engine's
+    y = rng.integers(-(1 << 26), 1 << 26, (n, heads * e))
+    y[0] = (1 << 24) - 1
+    y[1] = -(1 << 40)
+    y[2] = 0
+    y[3, :] = 0
+    y[3, 0] = (1 << 24) - 1
+    y[4, :] = 0
+    y[4, e - 1] = -1
+    y[5] = np.where(np.arange(heads * e) % 2, (1 << 24) - 1, -((1 << 24) - 1))
+    w = 8
+    cos = rng.integers(-(1 << 30), 1 << 30, (w, e // 2))
+    sin = rng.integers(-(1 << 30), 1 << 30, (w, e // 2))
+    cos[0], sin[0] = (1 << 31) - 1, -((1 << 31) - 1)
+    cos[1], sin[1] = -((1 << 31) - 1), (1 << 31) - 1
+    cos[2], sin[2] = 1 << 30, 0
+    cos[3], sin[3] = 1 << 29, 0  # ties of rs(., 30) (odd n) and rs(., 8)
+    pos = np.array([0, 1, 2, 0, 1, 0, 3, 4, 5, 6, 7, 1])
+    want = _qk_reference(y, pos, cos, sin, sqe, e)
+    assert np.array_equal(rowops.qk_rows(y, pos, cos, sin, sqe, e), want)
+    assert np.array_equal(rowops.qk_rows_par(y, pos, cos, sin, sqe, e), want)
+    assert (np.abs(want) == 127).any() and (want == 0).any()
+    # exact quotients: one nonzero element y0 > 0 gives (2 y0 SQE + d) / 2d = (SQE + 8) / 16, an
+    # integer where SQE = 8 mod 16, which the float estimate may round below (2^15 - 1: SQE
+    # 524264); 255 (SQE 4072) with COS = 2^29, SIN = 0 puts r at a tie of both roundings
+    m = 4000
+    y1 = np.zeros((m, heads * e), np.int64)
+    y1[np.arange(m), rng.integers(0, heads * e, m)] = rng.integers(-(1 << 24), 1 << 24, m)
+    p1 = rng.integers(0, w, m)
+    p1[: m // 2] = 3
+    for sq in (454040, 8, 4072, 524264):
+        want = _qk_reference(y1, p1, cos, sin, sq, e)
+        assert np.array_equal(rowops.qk_rows(y1, p1, cos, sin, sq, e), want)
+
+
+def test_rope_tables_out_of_range_are_rejected():
+    """A rope tensor whose entries are not rotations (both parts at 2^30) makes the tables grow
+    past 2^31 (where the engine's float64 RoPE would no longer be exact): the model is refused."""
+    from lmzip.cpu_engine import _rope_tables
+
+    good = np.zeros((9, 4, 2), np.int64)
+    good[..., 0] = 1 << 30
+    c, s = _rope_tables(good, 512, 8)
+    assert (c == 1 << 30).all() and (s == 0).all()
+    bad = np.full((9, 4, 2), 1 << 30, np.int64)
+    with pytest.raises(FormatError, match="rope"):
+        _rope_tables(bad, 512, 8)
