@@ -185,8 +185,8 @@ def build_tables(mf: ModelFile) -> EngineTables:
 
 @dataclass
 class CpuState:
-    """KV caches of B streams, all layers (rowops.attend_step's types): k int8 keys as pairs
-    of elements [L, B, K, E/2, rowops.key_cols(W), 2], v (Q10) int32 rows [L, B, K, W, E]."""
+    """KV caches of B streams, all layers (rowops.attend_step's types and
+    rowops.cache_shapes): k int8 keys as pairs of elements, v (Q10) int32 value rows."""
 
     k_np: np.ndarray
     v_np: np.ndarray
@@ -236,9 +236,8 @@ class CpuEngine:
 
     def new_state(self, batch: int) -> CpuState:
         n = len(self.tables.layers)
-        kshape = (n, batch, self.kv, self.e // 2, rowops.key_cols(self.window), 2)
-        return CpuState(np.zeros(kshape, np.int8),
-                        np.zeros((n, batch, self.kv, self.window, self.e), np.int32))  # fmt: skip
+        kshape, vshape = rowops.cache_shapes(n, batch, self.kv, self.window, self.e)
+        return CpuState(np.zeros(kshape, np.int8), np.zeros(vshape, np.int32))
 
     def step_np(self, state: CpuState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Stream b reads tokens[b] at position pos[b] -> capped logits Q16 [B, V] (int64)."""

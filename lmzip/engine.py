@@ -294,9 +294,9 @@ class Engine:
         dev = self.device
         n = len(self.layers)
         if self.fused:  # rowops.attend_step's types: int8 key pairs, int32 value rows
-            kshape = (n, batch, self.kv, self.e // 2, rowops.key_cols(self.window), 2)
+            kshape, vshape = rowops.cache_shapes(n, batch, self.kv, self.window, self.e)
             k_all = torch.zeros(kshape, dtype=torch.int8, device=dev)
-            v_all = torch.zeros((n,) + shp, dtype=torch.int32, device=dev)
+            v_all = torch.zeros(vshape, dtype=torch.int32, device=dev)
         else:  # the GEMM types (exact values)
             k_all = torch.zeros((n,) + shp, dtype=torch.float32, device=dev)
             v_all = torch.zeros((n,) + shp, dtype=torch.float64, device=dev)

@@ -617,9 +617,27 @@ def _pv_tail(pj, idx, m, vals, c0, acc):
         acc[c] = t
 
 
-def key_cols(w: int) -> int:
+@njit(cache=True)
+def key_cols(w):
     """Positions a key cache holds: the window rounded up to blocks of 8 (simd.keys_dot2)."""
     return (w + 7) // 8 * 8
+
+
+def cache_shapes(layers: int, batch: int, kv: int, window: int, e: int) -> tuple:
+    """Shapes of the fused kernels' KV caches (attend_step, step_all): keys int8 as pairs of
+    elements [L, B, K, E/2, key_cols(W), 2], values int32 rows [L, B, K, W, E]."""
+    return ((layers, batch, kv, e // 2, key_cols(window), 2), (layers, batch, kv, window, e))
+
+
+@njit(cache=True, inline="always")
+def _attend_scratch(w, e):
+    """Scratch of _attend_heads for windows of w positions and heads of E values: (qa, qb,
+    da, db, lg, pa, pb, idx, acca, accb)."""
+    w8 = key_cols(w)
+    return (np.empty(e, np.int16), np.empty(e, np.int16), np.empty(w8, np.int32),
+            np.empty(w8, np.int32), np.empty(w, np.float64), np.empty(w, np.float64),
+            np.empty(w, np.float64), np.empty(w, np.int64), np.empty(e, np.float64),
+            np.empty(e, np.float64))  # fmt: skip
 
 
 @njit(cache=True, inline="always")
@@ -666,6 +684,19 @@ def _attend_heads(q, t, h0, pair, keys, vals, n, gain, att, qa, qb, da, db, lg, 
         out[row, h0 * e + c] = _rs(np.int64(acca[c]), 16)
 
 
+@njit(cache=True, inline="always")
+def _attend_kv(q, t, kh, g, keys, vals, n, gain, att, scratch, out, row):
+    """The g query heads of KV head kh for query t (_attend_heads two at a time, the last one
+    alone when g is odd); scratch from _attend_scratch."""
+    qa, qb, da, db, lg, pa, pb, idx, acca, accb = scratch
+    h = kh * g
+    while h < kh * g + g:
+        two = h + 1 < kh * g + g
+        _attend_heads(q, t, h, two, keys, vals, n, gain, att, qa, qb, da, db, lg, pa, pb, idx,
+                      acca, accb, out, row)  # fmt: skip
+        h += 2 if two else 1
+
+
 @njit(cache=True, parallel=True)
 def attend_fwd(q, k, v, t_n, gain, att):
     """Teacher-forced causal attention of whole windows: q int8 [N*T, H, E], k int8 [N*T, K, E],
@@ -675,34 +706,19 @@ def attend_fwd(q, k, v, t_n, gain, att):
     rows, h_n, e = q.shape
     kv_n = k.shape[1]
     g = h_n // kv_n
-    w8 = (t_n + 7) // 8 * 8  # key_cols(t_n)
     out = np.empty((rows, h_n * e), np.int64)
     for pair in prange((rows // t_n) * kv_n):
         w, kh = pair // kv_n, pair % kv_n
-        keys = np.zeros((e // 2, w8, 2), np.int8)
+        keys = np.zeros((e // 2, key_cols(t_n), 2), np.int8)
         vals = np.empty((t_n, e), np.int32)
-        da = np.empty(w8, np.int32)
-        db = np.empty(w8, np.int32)
-        lg = np.empty(t_n, np.float64)
-        pa = np.empty(t_n, np.float64)
-        pb = np.empty(t_n, np.float64)
-        idx = np.empty(t_n, np.int64)
-        acca = np.empty(e, np.float64)
-        accb = np.empty(e, np.float64)
-        qa = np.empty(e, np.int16)
-        qb = np.empty(e, np.int16)
+        scratch = _attend_scratch(t_n, e)
         base = w * t_n
         for j in range(t_n):
             for c in range(e):
                 keys[c >> 1, j, c & 1] = k[base + j, kh, c]
                 vals[j, c] = np.int32(v[base + j, kh * e + c])
         for t in range(t_n):
-            h = kh * g
-            while h < kh * g + g:
-                two = h + 1 < kh * g + g
-                _attend_heads(q, base + t, h, two, keys, vals, t + 1, gain, att, qa, qb, da, db,
-                              lg, pa, pb, idx, acca, accb, out, base + t)  # fmt: skip
-                h += 2 if two else 1
+            _attend_kv(q, base + t, kh, g, keys, vals, t + 1, gain, att, scratch, out, base + t)
     return out
 
 
@@ -724,27 +740,11 @@ def attend_step(q, kc, vc, pos, gain, att):
     b_n, h_n, e = q.shape
     kv_n = kc.shape[1]
     g = h_n // kv_n
-    w_n = vc.shape[2]
     out = np.empty((b_n, h_n * e), np.int64)
-    da = np.empty(kc.shape[3], np.int32)
-    db = np.empty(kc.shape[3], np.int32)
-    lg = np.empty(w_n, np.float64)
-    pa = np.empty(w_n, np.float64)
-    pb = np.empty(w_n, np.float64)
-    idx = np.empty(w_n, np.int64)
-    acca = np.empty(e, np.float64)
-    accb = np.empty(e, np.float64)
-    qa = np.empty(e, np.int16)
-    qb = np.empty(e, np.int16)
+    scratch = _attend_scratch(vc.shape[2], e)
     for b in range(b_n):
-        n = pos[b] + 1
         for kh in range(kv_n):
-            h = kh * g
-            while h < kh * g + g:
-                two = h + 1 < kh * g + g
-                _attend_heads(q, b, h, two, kc[b, kh], vc[b, kh], n, gain, att, qa, qb, da, db,
-                              lg, pa, pb, idx, acca, accb, out, b)  # fmt: skip
-                h += 2 if two else 1
+            _attend_kv(q, b, kh, g, kc[b, kh], vc[b, kh], pos[b] + 1, gain, att, scratch, out, b)
     return out
 
 
