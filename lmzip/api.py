@@ -231,13 +231,55 @@ def _window_inputs(model: LoadedModel, segs: list[np.ndarray]) -> np.ndarray:
 
 def lm_probabilities(model: LoadedModel, tokens: np.ndarray, batch: int) -> Iterator[np.ndarray]:
     """Yield the engine's Q30 probability rows [n, V] of `tokens`, segment after segment."""
-    segs = [tokens[a:b] for a, b in _segments(len(tokens), model.engine.window - 1)]
-    per_pass = max(1, min(batch, FORWARD_WINDOWS))
-    for i in range(0, len(segs), per_pass):
-        group = segs[i : i + per_pass]
-        p = model.engine.probs_np(_window_inputs(model, group))
-        for j, s in enumerate(group):
-            yield p[j, : len(s)]
+    for (p,) in _lm_blocks(model, [tokens], batch):
+        yield p
+
+
+def _forward_threads(model: LoadedModel) -> int:
+    """Threads that run teacher-forced passes side by side, one numba thread each: numba's
+    thread count (rowops.set_threads) with the CPU engine; 1 with the torch one (it has its own)."""
+    import numba
+
+    return numba.get_num_threads() if isinstance(model.engine, CpuEngine) else 1
+
+
+def _lm_blocks(model: LoadedModel, toks: list, batch: int) -> Iterator[tuple]:
+    """Yield, segment position after segment position (window - 1 tokens each), the tuple of
+    every chunk's Q30 probability rows there (None past a chunk's end). Passes of a few windows
+    run on _forward_threads threads at once, each pass on one core: a pass's kernels need no
+    barrier between cores, so a third thread (the coder's) slows one pass, not both cores."""
+    seg = model.engine.window - 1
+    n_pos = max((-(-len(t) // seg) for t in toks), default=0)
+    per = max(1, min(batch, FORWARD_WINDOWS) // max(1, len(toks)))  # positions per pass
+
+    def run(k0):
+        at = [(k, i) for k in range(k0, min(n_pos, k0 + per)) for i, t in enumerate(toks)
+              if k * seg < len(t)]  # fmt: skip
+        segs = [toks[i][k * seg : (k + 1) * seg] for k, i in at]
+        p = model.engine.probs_np(_window_inputs(model, segs))
+        rows = {ki: p[j, : len(s)] for j, (ki, s) in enumerate(zip(at, segs))}
+        return [tuple(rows.get((k, i)) for i in range(len(toks)))
+                for k in range(k0, min(n_pos, k0 + per))]  # fmt: skip
+
+    starts = range(0, n_pos, per)
+    threads = _forward_threads(model)
+    if threads <= 1:
+        for k0 in starts:
+            yield from run(k0)
+        return
+    with cf.ThreadPoolExecutor(threads, thread_name_prefix="lmzip-forward",
+                               initializer=rowops.set_threads, initargs=(1,)) as pool:  # fmt: skip
+        pending: deque = deque()
+        try:
+            for k0 in starts:
+                if len(pending) > threads:
+                    yield from pending.popleft().result()
+                pending.append(pool.submit(run, k0))
+            while pending:
+                yield from pending.popleft().result()
+        finally:  # a consumer that stops early (an error, Ctrl-C) waits for running passes only
+            for f in pending:
+                f.cancel()
 
 
 def _lm_symbols(p: np.ndarray, targets: np.ndarray, precision: int):
@@ -325,7 +367,6 @@ def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, ba
     freqs = [np.empty(len(t), np.int64) for t in toks]
     mixed = [i for i, sh in enumerate(shares) if sh]
     genc = GroupEncoder(mixer, v, [len(toks[i]) for i in mixed]) if mixed else None
-    gens = [lm_probabilities(model, t, batch) for t in toks]
 
     def code_block(ps, at):
         """Table lookups and mixing of the blocks ps (one per chunk) at token position `at`."""
@@ -346,7 +387,7 @@ def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, ba
     pending: deque = deque()
     pos = 0
     with cf.ThreadPoolExecutor(1, thread_name_prefix="lmzip-coder") as coder_thread:
-        for ps in itertools.zip_longest(*gens):
+        for ps in _lm_blocks(model, toks, batch):
             while len(pending) > FORWARD_WINDOWS:
                 pending.popleft().result()
             pending.append(coder_thread.submit(code_block, ps, pos))

@@ -70,7 +70,7 @@ def _epilogue(acc, a_scale, w_scale, shift, lo, hi):
     return min(max(_rs(_rs(acc * a_scale, 16) * w_scale, shift), lo), hi)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def att_probs(dot, gain, lim, att):
     """dot f32 [N, Tq, Tk] (exact integers), gain int64 [N], lim int64 [N, Tq] (key j allowed
     iff j <= lim), att float64 table (ATT) -> Q16 probabilities as float64 [N, Tq, Tk] (0 if
@@ -153,7 +153,7 @@ def _normquant_block(x, sqd, aq, a, scale, r0, r1):
         scale[r] = _rdiv(amax * (sqd << 8), aq * root)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def normquant(x, sqd, aq):
     """Rows x int64 [N, D] Q12 -> (int64 [N, D] in [-aq, aq], Q24 scale [N]): RMSNorm + 15-bit
     quantization; squares of x >> k with k = max(0, bitlength(amax) - 24) (numerics.md)."""
@@ -163,7 +163,7 @@ def normquant(x, sqd, aq):
     return a, scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def normquant_par(x, sqd, aq):
     """normquant with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
     n = x.shape[0]
@@ -187,7 +187,7 @@ def _absquant_block(y, shift, aq, a, scale, r0, r1):
         scale[r] = _rdiv(amax << shift, np.int64(aq))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def absquant(y, shift, aq):
     """Rows y int64 [N, M] -> (int64 in [-aq, aq], Q24 scale = rdiv(amax << shift, aq))."""
     a = np.empty(y.shape, np.int64)
@@ -196,7 +196,7 @@ def absquant(y, shift, aq):
     return a, scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def absquant_par(y, shift, aq):
     """absquant with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
     n = y.shape[0]
@@ -288,7 +288,7 @@ def _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, xs, bs):
         _epilogue_row(b0, a_scale[r], ws, shift, lo, hi, out, r)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_i16(a, w, a_scale, ws, shift, lo, hi):
     """The fused exact linear, product and epilogue in one pass: a int64 [M, K] in
     [-16383, 16383], w int8 [N, K] -> clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) with
@@ -310,7 +310,7 @@ def linear_i16(a, w, a_scale, ws, shift, lo, hi):
 LINEAR_BLOCK = 32  # rows per parallel task of linear_i16_par
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def linear_i16_par(a, w, a_scale, ws, shift, lo, hi):
     """linear_i16 with blocks of LINEAR_BLOCK rows on numba's threads (set_threads); every
     output is computed by the same code whatever the split, so the result is identical."""
@@ -325,7 +325,7 @@ def linear_i16_par(a, w, a_scale, ws, shift, lo, hi):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rescale(acc, a_scale, ws, shift, lo, hi):
     """Linear epilogue: clamp(rs(rs(acc * A, 16) * WS, shift), lo, hi) for acc [N, M]."""
     n, m = acc.shape
@@ -388,7 +388,7 @@ def _qk_block(y, pos, cos, sin, sqe, e, out, r0, r1):
                 out[r, h, c + half] = np.int8(np.int32(min(max(t2, -127.0), 127.0)))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def qk_rows(y, pos, cos, sin, sqe, e):
     """[N, n*E] Q12 rows at positions pos [N] -> QK-normed, rotated int8 [N, n, E]."""
     out = np.empty((y.shape[0], y.shape[1] // e, e), np.int8)
@@ -396,7 +396,7 @@ def qk_rows(y, pos, cos, sin, sqe, e):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def qk_rows_par(y, pos, cos, sin, sqe, e):
     """qk_rows with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
     n = y.shape[0]
@@ -430,7 +430,7 @@ def _softcap_block(logits, cap, tn, ta, tb, out, r0, r1):
             out[r, c] = -mag if lv < 0 else mag
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def softcap_rows(logits, cap, tn, ta, tb):
     """Q16 logits [N, V] -> cap * tanh(l / cap) in Q16 (numerics.md section 6)."""
     if cap <= 0:  # no cap (the callers skip this kernel then)
@@ -440,7 +440,7 @@ def softcap_rows(logits, cap, tn, ta, tb):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def softcap_rows_par(logits, cap, tn, ta, tb):
     """softcap_rows with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
     if cap <= 0:
@@ -462,7 +462,7 @@ def _probs_block(capped, tn, ta, tb, out, r0, r1):
             out[r, c] = _exp30(m - capped[r, c], tn, ta, tb)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def probs_rows(capped, tn, ta, tb):
     """Capped Q16 logits [N, V] -> Q30 probabilities exp30(max - capped)."""
     out = np.empty(capped.shape, np.int64)
@@ -470,7 +470,7 @@ def probs_rows(capped, tn, ta, tb):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def probs_rows_par(capped, tn, ta, tb):
     """probs_rows with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
     n = capped.shape[0]
@@ -501,7 +501,7 @@ def _freq_row(p, precision, out):
     out[top] += total - acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def freq_rows(p, precision):
     """Q30 probabilities [N, V] -> frequency tables (numerics.md section 6)."""
     n, v = p.shape
@@ -544,7 +544,7 @@ def lm_symbols_rows(p, targets, precision, cum, freq):
         freq[r] = ft
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_clamp(x, y, lim):
     """clamp(x + y, -lim, lim) of int64 rows (the residual stream's updates)."""
     n, m = x.shape
@@ -570,7 +570,7 @@ def _relu2_block(h, shift, aq, a, scale, r0, r1):
         scale[r] = _rdiv(amax << shift, np.int64(aq))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def relu2_absquant(h, shift, aq):
     """absquant of max(h, 0)^2 (the MLP's hidden activation), without the torch temporaries."""
     a = np.empty(h.shape, np.int64)
@@ -579,7 +579,7 @@ def relu2_absquant(h, shift, aq):
     return a, scale
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def relu2_absquant_par(h, shift, aq):
     """relu2_absquant with blocks of ROW_BLOCK rows on numba's threads (the same integers)."""
     n = h.shape[0]
@@ -590,7 +590,7 @@ def relu2_absquant_par(h, shift, aq):
     return a, scale
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def decode_lm_row(p, precision, st, data, f, work):
     """Decode one token of an --lm-only stream from its Q30 probabilities p [V]: the frequency
     table of freq_rows (into f, int64 [V]), its cumulative table (work, uint64 [V + 1]), and
@@ -617,7 +617,7 @@ def _pv_tail(pj, idx, m, vals, c0, acc):
         acc[c] = t
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def key_cols(w):
     """Positions a key cache holds: the window rounded up to blocks of 8 (simd.keys_dot2)."""
     return (w + 7) // 8 * 8
@@ -697,7 +697,7 @@ def _attend_kv(q, t, kh, g, keys, vals, n, gain, att, scratch, out, row):
         h += 2 if two else 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def attend_fwd(q, k, v, t_n, gain, att):
     """Teacher-forced causal attention of whole windows: q int8 [N*T, H, E], k int8 [N*T, K, E],
     v Q10 int64 [N*T, K*E], rows grouped by window of t_n positions -> y Q10 int64 [N*T, H*E].
@@ -730,7 +730,7 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def attend_step(q, kc, vc, pos, gain, att):
     """One query per stream: q int8 [B, H, E], caches kc int8 [B, K, E/2, key_cols(W), 2] (keys
     as pairs of elements, _attend_heads) and vc int32 [B, K, W, E] (Q10 value rows), keys
@@ -748,7 +748,7 @@ def attend_step(q, kc, vc, pos, gain, att):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
              wsdn, gains, skip, cos, sin, att, kc, vc, sqd, sqe, e, cap, tn, ta, tb, lims):
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op

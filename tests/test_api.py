@@ -51,6 +51,40 @@ def test_batch_size_and_threads_do_not_change_bytes(lm):
     assert a == b
 
 
+def test_forward_passes_side_by_side_give_each_window_its_rows(lm):
+    """api._lm_blocks on two threads (passes side by side) and on one give, position after
+    position, every chunk's rows of its own window (None past its end), with chunks of uneven
+    lengths, also an empty one."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here")
+    seg = lm.engine.window - 1
+    rng = np.random.default_rng(5)
+    toks = [rng.integers(0, lm.engine.vocab_size, n).astype(np.int64)
+            for n in (3 * seg + 7, seg - 2, 0, 2 * seg)]  # fmt: skip
+    want = []
+    for k in range(4):
+        row = []
+        for t in toks:
+            s = t[k * seg : (k + 1) * seg]
+            row.append(lm.engine.probs_np(api._window_inputs(lm, [s]))[0, : len(s)]
+                       if len(s) else None)  # fmt: skip
+        want.append(row)
+    try:
+        for threads, batch in ((1, 64), (2, 1), (2, 64)):
+            rowops.set_threads(threads)
+            assert api._forward_threads(lm) == threads
+            got = list(api._lm_blocks(lm, toks, batch))
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert [x is None for x in g] == [x is None for x in w]
+                for x, y in zip(g, w):
+                    assert x is None or np.array_equal(x, y)
+    finally:
+        rowops.set_threads(1)
+
+
 @pytest.mark.parametrize("lm_only", [False, True])
 def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, lm_only):
     """A lone stream decodes in compiled slices (api._decode_single), a group of mixed streams
