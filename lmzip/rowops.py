@@ -120,16 +120,48 @@ def _att_row(dots, n, gh, att, lg, pj):
         pj[j] = q
 
 
+AQ_F = 1 << 15  # the float64 quantizers below need aq < AQ_F (the engine's AQ is 16383)
+SPLIT = 8388608.0  # 2^23
+
+
 @njit(cache=True, inline="always")
 def _quant_row(row, amax, aq, out):
-    """out[c] = _rdiv(aq * row[c], amax): one row's 15-bit activations (0 where amax = 0)."""
+    """out[c] = _rdiv(aq * row[c], amax): one row's 15-bit activations (0 where amax = 0).
+
+    Where amax < 2^31 (every row of normquant and absquant in the engine: |x| <= RES_MAX,
+    |y| <= V_MAX) the loop runs on integers held exactly in float64, which LLVM vectorizes
+    (AVX2 has no int64 <-> float64 conversions, so values pass through int32, where they fit):
+    |row| <= amax gives 2 aq row + amax < 2^48; the quotient by 2 amax (|q| <= aq + 1 < 2^15)
+    is estimated within 2^-36, so one correction each way gives the floor, and q * 2 amax <
+    2^47 is exact. Otherwise the int64 path."""
     if amax <= 0:
         out[:] = 0
+        return
+    if amax < (np.int64(1) << 31) and aq < AQ_F:
+        d2 = 2.0 * np.float64(amax)
+        inv2 = 1.0 / d2
+        a2 = 2.0 * np.float64(aq)
+        am = np.float64(amax)
+        for c in range(row.shape[0]):
+            num = np.float64(np.int32(row[c])) * a2 + am
+            q = np.floor(num * inv2)
+            q = q - 1.0 if q * d2 > num else q
+            q = q + 1.0 if (q + 1.0) * d2 <= num else q
+            out[c] = np.int64(np.int32(q))
         return
     d2 = 2 * amax
     inv2 = 1.0 / np.float64(d2)
     for c in range(row.shape[0]):
         out[c] = _rdiv_inv(aq * row[c], d2, inv2)
+
+
+@njit(cache=True, inline="always")
+def _relu2_ok(k, vh, vl, ah, al, a2):
+    """Whether 2 aq v - k amax >= 0, for v = vh 2^23 + vl and amax = ah 2^23 + al (halves held
+    exactly in float64, each below 2^23) and an odd |k| < 2^16: both parts of the difference,
+    a2 vh - k ah and a2 vl - k al (a2 = 2 aq), stay below 2^40 and are exact, and the comparison
+    of 2^23 times the first with minus the second is exact too."""
+    return (a2 * vh - k * ah) * SPLIT >= k * al - a2 * vl
 
 
 @njit(cache=True, inline="always")
@@ -557,8 +589,36 @@ def add_clamp(x, y, lim):
 
 @njit(cache=True, inline="always")
 def _relu2_block(h, shift, aq, a, scale, r0, r1):
+    """Rows r0..r1-1 of relu2_absquant. Where max(h) < 2^23 (every row of the engine: |h| <=
+    H_MAX) the quotients q = floor((2 aq v + amax) / 2 amax) of v = max(h, 0)^2 (< 2^46) are
+    found in float64: v and amax are exact there, the estimate from 1 / 2 amax is within 2^-36
+    of the quotient (<= aq + 1), and the floor is the largest q with 2 aq v - (2q - 1) amax >= 0,
+    which _relu2_ok decides exactly on the numbers split at 2^23. Otherwise the int64 path."""
     row = np.empty(h.shape[1], np.int64)
+    hf = np.empty(h.shape[1], np.float64)
     for r in range(r0, r1):
+        hmax = np.int64(0)
+        for c in range(h.shape[1]):
+            hmax = max(hmax, h[r, c])
+        if 0 < hmax < (np.int64(1) << 23) and aq < AQ_F:
+            am = np.float64(hmax) * np.float64(hmax)
+            ah = np.floor(am * (1.0 / SPLIT))
+            al = am - ah * SPLIT
+            d2 = 2.0 * am
+            inv2 = 1.0 / d2
+            a2 = 2.0 * np.float64(aq)
+            for c in range(h.shape[1]):
+                hf[c] = np.float64(np.int32(max(h[r, c], np.int64(0))))
+            for c in range(h.shape[1]):
+                v = hf[c] * hf[c]
+                vh = np.floor(v * (1.0 / SPLIT))
+                vl = v - vh * SPLIT
+                q = np.floor((v * a2 + am) * inv2)
+                q = q - 1.0 if not _relu2_ok(2.0 * q - 1.0, vh, vl, ah, al, a2) else q
+                q = q + 1.0 if _relu2_ok(2.0 * q + 1.0, vh, vl, ah, al, a2) else q
+                a[r, c] = np.int64(np.int32(q))
+            scale[r] = _rdiv((hmax * hmax) << shift, np.int64(aq))
+            continue
         amax = np.int64(0)
         for c in range(h.shape[1]):
             v = h[r, c]

@@ -474,3 +474,57 @@ def test_rope_tables_out_of_range_are_rejected():
     bad = np.full((9, 4, 2), 1 << 30, np.int64)
     with pytest.raises(FormatError, match="rope"):
         _rope_tables(bad, 512, 8)
+
+
+def _quant_reference(rows, aq):
+    """_rdiv(aq * v, amax) per row in int64 numpy (amax = max |v|; 0 where amax = 0)."""
+    amax = np.abs(rows).max(axis=1, keepdims=True)
+    return np.where(amax > 0, (2 * aq * rows + amax) // np.maximum(2 * amax, 1), 0), amax[:, 0]
+
+
+@pytest.mark.parametrize("aq", [16383, 8192, 40000])
+def test_quantizers_exact_at_the_extremes(aq):
+    """normquant, absquant and relu2_absquant (float64 where every value is exact, int64 beyond:
+    rows past 2^31, aq >= 2^15) equal the spec's integers: rows at +-(2^31 - 1) and at H_MAX =
+    2^23 - 1 before relu, one nonzero element, and exact quotients (with aq = 2^13, amax =
+    2^14 j and v = j (2q - 1), or hmax = 128 j and h = j s for odd s) that a float estimate may
+    round below."""
+    from lmzip import rowops
+
+    rng = np.random.default_rng(aq)
+    n, d = 40, 96
+    x = rng.integers(-(1 << 31) + 1, 1 << 31, (n, d))
+    x[0] = (1 << 31) - 1
+    x[1] = np.where(np.arange(d) % 2, (1 << 31) - 1, -((1 << 31) - 1))
+    x[2], x[3] = 0, 0
+    x[3, 5] = -1
+    x[4] = rng.integers(-(1 << 40), 1 << 40, d)  # past 2^31: the int64 path
+    x[5:9] = rng.integers(-3, 4, (4, d))
+    for r in range(9, n):  # exact quotients where aq = 2^13
+        j = int(rng.integers(1, 1 << 17))
+        x[r] = j * (2 * rng.integers(-(1 << 13), 1 << 13, d) + 1)
+        x[r, 0] = j << 14
+    want, amax = _quant_reference(x, aq)
+    a, s = rowops.absquant(x, 14, aq)
+    assert np.array_equal(a, want)
+    assert np.array_equal(s, (2 * (amax << 14) + aq) // (2 * aq))
+    assert np.array_equal(rowops.absquant_par(x, 14, aq)[0], want)
+    assert np.array_equal(rowops.normquant(x, 1 << 16, aq)[0], want)
+    assert np.array_equal(rowops.normquant_par(x, 1 << 16, aq)[0], want)
+    h = rng.integers(-(1 << 23) + 1, 1 << 23, (n, d))
+    h[0] = (1 << 23) - 1
+    h[1] = np.where(np.arange(d) % 2, (1 << 23) - 1, -1)
+    h[2] = -5
+    h[3] = 0
+    h[3, 7] = 1
+    h[4] = rng.integers(-8, 8, d)
+    for r in range(5, n):  # exact quotients where aq = 2^13
+        j = int(rng.integers(1, 1 << 16))
+        h[r] = j * (2 * rng.integers(0, 64, d) + 1)
+        h[r, 0] = 128 * j
+    want, amax = _quant_reference(np.maximum(h, 0) ** 2, aq)
+    for kernel in (rowops.relu2_absquant, rowops.relu2_absquant_par):
+        a, s = kernel(h, 3, aq)
+        assert np.array_equal(a, want)
+        assert np.array_equal(s, (2 * (amax << 3) + aq) // (2 * aq))
+    assert (want == aq).any() and (want == 0).any()
