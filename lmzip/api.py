@@ -237,10 +237,8 @@ def lm_probabilities(model: LoadedModel, tokens: np.ndarray, batch: int) -> Iter
 
 def _forward_threads(model: LoadedModel) -> int:
     """Threads that run teacher-forced passes side by side, one numba thread each: numba's
-    thread count (rowops.set_threads) with the CPU engine; 1 with the torch one (it has its own)."""
-    import numba
-
-    return numba.get_num_threads() if isinstance(model.engine, CpuEngine) else 1
+    thread count (_turn_threads) with the CPU engine; 1 with the torch one (it has its own)."""
+    return _turn_threads() if isinstance(model.engine, CpuEngine) else 1
 
 
 def _lm_blocks(model: LoadedModel, toks: list, batch: int) -> Iterator[tuple]:
@@ -253,13 +251,12 @@ def _lm_blocks(model: LoadedModel, toks: list, batch: int) -> Iterator[tuple]:
     per = max(1, min(batch, FORWARD_WINDOWS) // max(1, len(toks)))  # positions per pass
 
     def run(k0):
-        at = [(k, i) for k in range(k0, min(n_pos, k0 + per)) for i, t in enumerate(toks)
-              if k * seg < len(t)]  # fmt: skip
+        ks = range(k0, min(n_pos, k0 + per))
+        at = [(k, i) for k in ks for i, t in enumerate(toks) if k * seg < len(t)]
         segs = [toks[i][k * seg : (k + 1) * seg] for k, i in at]
         p = model.engine.probs_np(_window_inputs(model, segs))
         rows = {ki: p[j, : len(s)] for j, (ki, s) in enumerate(zip(at, segs))}
-        return [tuple(rows.get((k, i)) for i in range(len(toks)))
-                for k in range(k0, min(n_pos, k0 + per))]  # fmt: skip
+        return [tuple(rows.get((k, i)) for i in range(len(toks))) for k in ks]
 
     starts = range(0, n_pos, per)
     threads = _forward_threads(model)
