@@ -54,6 +54,15 @@ def _fdiv(n, d, inv):
 
 
 @njit(cache=True, inline="always")
+def _fdiv1(n, d, inv):
+    """_fdiv where the quotient is known to lie below 2^50 in magnitude (the estimate is then
+    within 1 of it): one correction each way, no loops, so a row of them vectorizes."""
+    q = np.int64(np.floor(np.float64(n) * inv))
+    q = q - 1 if q * d > n else q
+    return q + 1 if (q + 1) * d <= n else q
+
+
+@njit(cache=True, inline="always")
 def _rdiv_inv(n, d2, inv2):
     """_rdiv(n, d) for d > 0 with d2 = 2 d and inv2 = 1.0 / d2."""
     return _fdiv(2 * n + (d2 >> 1), d2, inv2)
@@ -456,8 +465,11 @@ def _softcap_block(logits, cap, tn, ta, tb, out, r0, r1):
         for c in range(logits.shape[1]):
             lv = logits[r, c]
             y = -lv if lv < 0 else lv
-            e = _exp30(_fdiv(2 * y, cap, inv_cap), tn, ta, tb)
-            t = ((one - e) << 30) // (one + e)
+            # 2y / cap < 2^27 and t < 2^30: _fdiv1's bound (a float division and two
+            # corrections instead of an int64 division, which does not vectorize)
+            e = _exp30(_fdiv1(2 * y, cap, inv_cap), tn, ta, tb)
+            den = one + e
+            t = _fdiv1((one - e) << 30, den, 1.0 / np.float64(den))
             mag = _rs(cap * t, 14)
             out[r, c] = -mag if lv < 0 else mag
 

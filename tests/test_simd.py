@@ -21,7 +21,7 @@ def _cases():
     """Rows at the extremes the callers allow (|x| <= 16383, |w| <= 127, K * 16383 * 127 < 2^31):
     every product at its largest with one sign, alternating signs, and random rows."""
     rng = np.random.default_rng(3)
-    for k in (16, 192, 768, 1024):
+    for k in (16, 192, 208, 768, 1024):  # 208: an odd number of 16-element blocks
         x = np.stack([np.full(k, 16383), np.full(k, -16383),
                       np.where(np.arange(k) % 2, 16383, -16383),
                       rng.integers(-16383, 16384, k)]).astype(np.int16)  # fmt: skip
@@ -30,20 +30,27 @@ def _cases():
         yield x, w
 
 
-@pytest.mark.parametrize("avx2", [True, False], ids=["avx2-intrinsic", "generic-ir"])
-def test_dot_blocks_equal_int64_numpy(avx2, monkeypatch):
-    """dot2x2 and dot1x4 give the exact int32 dot products, with the x86 intrinsic (where the host
-    has AVX2) and with the portable shuffle form that other CPUs compile; also over a prefix of
-    the rows (n16 < K / 16: the callers add the tail)."""
-    if avx2 and not simd.HAS_AVX2:
-        pytest.skip("the host CPU has no AVX2")
+FORMS = {"avx512-intrinsic": (True, True), "avx2-intrinsic": (True, False),
+         "generic-ir": (False, False)}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_dot_blocks_equal_int64_numpy(form, monkeypatch):
+    """dot2x2 and dot1x4 give the exact int32 dot products, with the 512-bit x86 intrinsic (steps
+    of 32 elements and a last one of 16 where n16 is odd; where the host has AVX512BW), the AVX2
+    one (where it has AVX2), and the portable shuffle form that other CPUs compile; also over a
+    prefix of the rows (n16 < K / 16: the callers add the tail)."""
+    avx2, avx512 = FORMS[form]
+    if (avx2 and not simd.HAS_AVX2) or (avx512 and not simd.HAS_AVX512BW):
+        pytest.skip(f"the host CPU has no {form.split('-')[0].upper()}")
     monkeypatch.setattr(simd, "HAS_AVX2", avx2)
+    monkeypatch.setattr(simd, "HAS_AVX512BW", avx512)
     blocks = _compile()
     for x, w in _cases():
         k = x.shape[1]
         want = x.astype(np.int64) @ w.astype(np.int64).T
         assert np.abs(want).max() == k * 16383 * 127
-        for n16 in (k // 16, k // 32):
+        for n16 in (k // 16, k // 32, k // 16 - 1):
             part = x[:, : 16 * n16].astype(np.int64) @ w[:, : 16 * n16].astype(np.int64).T
             for r0, r1 in ((0, 1), (2, 3), (1, 0)):
                 for j in (0, 2, 3):
@@ -52,7 +59,9 @@ def test_dot_blocks_equal_int64_numpy(avx2, monkeypatch):
                     assert four == tuple(part[r0, j : j + 4])
         assert blocks(x[0], x[1], w, 0, k // 16)[0][0] == want[0, 0]
     ir = "".join(blocks.inspect_llvm().values())
-    assert ("llvm.x86.avx2.pmadd.wd" in ir) == avx2  # the form under test is the one compiled
+    # the forms under test are the ones compiled (the 512-bit one ends odd counts with AVX2's)
+    assert ("llvm.x86.avx2.pmadd.wd" in ir) == avx2
+    assert ("llvm.x86.avx512.pmaddw.d.512" in ir) == avx512
 
 
 def test_avx2_hosts_compile_the_multiply_add():
