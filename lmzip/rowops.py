@@ -108,16 +108,36 @@ def _att_row(dots, n, gh, att, lg, pj):
     are exact too."""
     last = att.shape[0] - 1
     g = np.float64(gh)
-    m = -np.inf
-    for j in range(n):
+    # the maximum and the sum in four interleaved parts: a float reduction in one variable
+    # runs at the latency of one add per key, as the compiler may not reorder float sums
+    # (exact here: integers below 2^53, whatever the order)
+    n4 = n & ~3
+    m0 = m1 = m2 = m3 = -np.inf
+    for j in range(0, n4, 4):
+        v0 = np.floor((np.float64(dots[j]) * g + 32768.0) * (1.0 / 65536.0))
+        v1 = np.floor((np.float64(dots[j + 1]) * g + 32768.0) * (1.0 / 65536.0))
+        v2 = np.floor((np.float64(dots[j + 2]) * g + 32768.0) * (1.0 / 65536.0))
+        v3 = np.floor((np.float64(dots[j + 3]) * g + 32768.0) * (1.0 / 65536.0))
+        lg[j], lg[j + 1], lg[j + 2], lg[j + 3] = v0, v1, v2, v3
+        m0, m1, m2, m3 = max(m0, v0), max(m1, v1), max(m2, v2), max(m3, v3)
+    for j in range(n4, n):
         v = np.floor((np.float64(dots[j]) * g + 32768.0) * (1.0 / 65536.0))
         lg[j] = v
-        m = max(m, v)
-    s = 0.0
-    for j in range(n):
+        m0 = max(m0, v)
+    m = max(max(m0, m1), max(m2, m3))
+    s0 = s1 = s2 = s3 = 0.0
+    for j in range(0, n4, 4):
+        w0 = att[min(np.int64((m - lg[j]) * (1.0 / 256.0)), last)]
+        w1 = att[min(np.int64((m - lg[j + 1]) * (1.0 / 256.0)), last)]
+        w2 = att[min(np.int64((m - lg[j + 2]) * (1.0 / 256.0)), last)]
+        w3 = att[min(np.int64((m - lg[j + 3]) * (1.0 / 256.0)), last)]
+        lg[j], lg[j + 1], lg[j + 2], lg[j + 3] = w0, w1, w2, w3
+        s0, s1, s2, s3 = s0 + w0, s1 + w1, s2 + w2, s3 + w3
+    for j in range(n4, n):
         w = att[min(np.int64((m - lg[j]) * (1.0 / 256.0)), last)]
         lg[j] = w
-        s += w
+        s0 += w
+    s = (s0 + s1) + (s2 + s3)
     inv = 1.0 / s
     for j in range(n):
         num = lg[j] * 65536.0
