@@ -241,7 +241,16 @@ def _forward_threads(model: LoadedModel) -> int:
     return _turn_threads() if isinstance(model.engine, CpuEngine) else 1
 
 
-def _lm_blocks(model: LoadedModel, toks: list, batch: int) -> Iterator[tuple]:
+class PassBlock(tuple):
+    """_lm_blocks' item: every chunk's rows at one segment position (a view, or None past the
+    chunk's end), and where they lie: p, the pass's Q30 rows [N, T, V]; wins[i], the window of
+    chunk i in p (-1 past its end)."""
+
+    p: np.ndarray
+    wins: np.ndarray
+
+
+def _lm_blocks(model: LoadedModel, toks: list, batch: int) -> Iterator[PassBlock]:
     """Yield, segment position after segment position (window - 1 tokens each), the tuple of
     every chunk's Q30 probability rows there (None past a chunk's end). Passes of a few windows
     run on _forward_threads threads at once, each pass on one core: a pass's kernels need no
@@ -255,8 +264,14 @@ def _lm_blocks(model: LoadedModel, toks: list, batch: int) -> Iterator[tuple]:
         at = [(k, i) for k in ks for i, t in enumerate(toks) if k * seg < len(t)]
         segs = [toks[i][k * seg : (k + 1) * seg] for k, i in at]
         p = model.engine.probs_np(_window_inputs(model, segs))
-        rows = {ki: p[j, : len(s)] for j, (ki, s) in enumerate(zip(at, segs))}
-        return [tuple(rows.get((k, i)) for i in range(len(toks))) for k in ks]
+        where = {ki: j for j, ki in enumerate(at)}
+        out = []
+        for k in ks:
+            wins = np.array([where.get((k, i), -1) for i in range(len(toks))], np.int64)
+            b = PassBlock(None if j < 0 else p[j, : len(segs[j])] for j in wins)
+            b.p, b.wins = p, wins
+            out.append(b)
+        return out
 
     starts = range(0, n_pos, per)
     threads = _forward_threads(model)
@@ -371,10 +386,10 @@ def _code_group(model, toks: list, shares: list[bool], precision: int, mixer, ba
             if p is not None:
                 sl = slice(at, at + len(p))
                 cums[i][sl], freqs[i][sl] = _lm_symbols(p, toks[i][sl], precision)
-        if genc is not None:
+        if genc is not None:  # the mixer reads the pass's rows in place
             blocks = [ps[i] for i in mixed]
-            genc.feed(blocks, [toks[i][at : at + len(b)] if b is not None else None
-                               for i, b in zip(mixed, blocks)])  # fmt: skip
+            genc.feed_pass(ps.p, ps.wins[mixed], [toks[i][at : at + len(b)] if b is not None
+                                                  else None for i, b in zip(mixed, blocks)])  # fmt: skip
 
     # the blocks of one LM pass are coded (table lookups, mixer: serial, compiled without the
     # GIL) on a thread of their own while the LM's kernels compute the next pass; in order (one

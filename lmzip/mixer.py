@@ -299,16 +299,17 @@ def _encode_block(head, body, mem, hist, p_block, toks, cst, out):
 
 
 @njit(cache=True, nogil=True)
-def _encode_lockstep(heads, bodies, mem, hists, p_blocks, toks, counts, csts, outs, pos):
+def _encode_lockstep(heads, bodies, mem, hists, p_blocks, wins, toks, counts, csts, outs, pos):
     """A group's block in lock-step (spec 4.2): for each position i, chunk g = 0, 1, ... codes
-    its token i if it has one (counts[g] > i), all with the one bucket table `mem`."""
+    its token i if it has one (counts[g] > i), all with the one bucket table `mem`; chunk g's
+    LM rows are p_blocks[wins[g]] (int64 [W, >= counts, V])."""
     n = 0
     for g in range(counts.shape[0]):
         n = max(n, counts[g])
     for i in range(n):
         for g in range(counts.shape[0]):
             if i < counts[g]:
-                pos[g] = _encode_token(heads[g], bodies[g], mem, hists[g], p_blocks[g, i],
+                pos[g] = _encode_token(heads[g], bodies[g], mem, hists[g], p_blocks[wins[g], i],
                                        toks[g, i], csts[g], outs[g], pos[g])  # fmt: skip
 
 
@@ -420,7 +421,32 @@ class GroupEncoder:
                 if self.heads[g, H_N] + counts[g] > self.heads[g, H_MAXTOK]:
                     raise ValueError("more tokens than max_tokens")
                 p_all[g, : counts[g]], t_all[g, : counts[g]] = p, t
-        _encode_lockstep(self.heads, self.bodies, self.mem, self.hists, p_all, t_all, counts,
+        self._encode(p_all, np.arange(self.g, dtype=np.int64), t_all, counts)
+
+    def feed_pass(self, p: np.ndarray, wins: np.ndarray, tokens: list) -> None:
+        """feed() from the LM pass that computed the blocks, without copying or checking them:
+        chunk g's rows are p[wins[g], :len(tokens[g])] (p int64 C-contiguous [N, T, V], Q30
+        rows of the engine; wins[g] unused where tokens[g] is None or empty). For callers that
+        made p with the engine (api._code_group)."""
+        counts = np.array([0 if t is None else len(t) for t in tokens], np.int64)
+        if len(tokens) != self.g or len(wins) != self.g or p.dtype != np.int64 or (
+            not p.flags.c_contiguous or p.ndim != 3 or p.shape[2] != self.V
+            or any(c and not (0 <= w < p.shape[0] and c <= p.shape[1])
+                   for w, c in zip(wins, counts))):  # fmt: skip
+            raise ValueError("feed_pass: blocks do not match the pass")
+        t_all = np.zeros((self.g, int(counts.max(initial=0))), np.int32)
+        for g in range(self.g):
+            if counts[g]:
+                if self.heads[g, H_N] + counts[g] > self.heads[g, H_MAXTOK]:
+                    raise ValueError("more tokens than max_tokens")
+                t = tokens[g]
+                if t.min() < 0 or t.max() >= self.V:
+                    raise ValueError("token id out of range")
+                t_all[g, : counts[g]] = t
+        self._encode(p, np.asarray(wins, np.int64), t_all, counts)
+
+    def _encode(self, p, wins, t_all, counts) -> None:
+        _encode_lockstep(self.heads, self.bodies, self.mem, self.hists, p, wins, t_all, counts,
                          self.csts, self.outs, self.pos)  # fmt: skip
 
     def finish(self) -> list[bytes]:

@@ -550,19 +550,39 @@ def _freq_row(p, precision, out):
     section 6): 1 + floor(p_i (2^P - V) / sum p), the remainder to the first argmax."""
     v = p.shape[0]
     total = np.int64(1) << precision
-    s = np.int64(0)
-    top = 0
-    for c in range(v):
-        s += p[c]
-        if p[c] > p[top]:
-            top = c
+    s, top = _row_sum_top(p)
     acc = np.int64(0)
     inv = 1.0 / np.float64(s)
     for c in range(v):
-        f = 1 + _fdiv(p[c] * (total - v), s, inv)
+        f = 1 + _fdiv1(p[c] * (total - v), s, inv)
         out[c] = f
         acc += f
     out[top] += total - acc
+
+
+@njit(cache=True, inline="always")
+def _row_sum_top(p):
+    """(sum p, the first index of max p) of a row of probabilities (p >= 0): the sum and the
+    maximum in loops that vectorize, then a scan for the first index that holds the maximum."""
+    s = np.int64(0)
+    m = np.int64(0)
+    for c in range(p.shape[0]):
+        s += p[c]
+        m = max(m, p[c])
+    top = 0
+    while p[top] != m:
+        top += 1
+    return s, top
+
+
+@njit(cache=True, inline="always")
+def _freq_sum(p, c0, c1, k, s, inv):
+    """sum of 1 + floor(p[c] k / s) for c0 <= c < c1 (_fdiv1: the quotients are at most
+    k < 2^P <= 2^24, and p[c] k < 2^54)."""
+    acc = np.int64(0)
+    for c in range(c0, c1):
+        acc += 1 + _fdiv1(p[c] * k, s, inv)
+    return acc
 
 
 @njit(cache=True, nogil=True)
@@ -579,28 +599,20 @@ def freq_rows(p, precision):
 def lm_symbols_rows(p, targets, precision, cum, freq):
     """The range coder's symbol of targets[r] under freq_rows' table of each row p[r] (Q30
     [N, V]): cum[r] = sum of the frequencies below the target, freq[r] = the target's
-    frequency, computed in one pass per row without the [N, V] tables."""
+    frequency, computed row by row without the [N, V] tables: the sums of the frequencies
+    below and above the target, whose loops vectorize."""
     n, v = p.shape
     total = np.int64(1) << precision
+    k = total - v
     for r in range(n):
-        s = np.int64(0)
-        top = 0
-        for c in range(v):
-            s += p[r, c]
-            if p[r, c] > p[r, top]:
-                top = c
+        row = p[r]
+        s, top = _row_sum_top(row)
         inv = 1.0 / np.float64(s)
         t = targets[r]
-        acc = np.int64(0)
-        below = np.int64(0)
-        ft = np.int64(0)
-        for c in range(v):
-            f = 1 + _fdiv(p[r, c] * (total - v), s, inv)
-            if c == t:
-                below, ft = acc, f
-            acc += f
-        rem = total - acc  # goes to the first argmax (_freq_row)
-        if top == t:
+        below = _freq_sum(row, 0, t, k, s, inv)
+        ft = 1 + _fdiv1(row[t] * k, s, inv)
+        rem = total - (below + ft + _freq_sum(row, t + 1, v, k, s, inv))
+        if top == t:  # the remainder goes to the first argmax (_freq_row)
             ft += rem
         elif top < t:
             below += rem

@@ -345,6 +345,37 @@ def test_decode_lm_row_decodes_what_the_table_rule_encoded():
         assert coder.dec_overrun(st) == 0
 
 
+def test_lm_symbols_and_freq_rows_equal_the_table_rule():
+    """rowops.lm_symbols_rows (the compressor's LM-only symbols: the sums of the frequencies
+    below and above each target, without the [N, V] tables) and freq_rows give
+    numerics.freq_table_reference's integers: random rows, flat rows and rows with tied maxima
+    (the remainder goes to the first argmax, before, at and after the target), one-hot rows, at
+    the coder's precisions."""
+    from lmzip import rowops
+
+    g = torch.Generator().manual_seed(8)
+    v = 300
+    capped = torch.randint(-(30 << 16), 30 << 16, (64, v), generator=g)
+    capped[0] = 0  # flat: every p is 2^30, the remainder to index 0
+    capped[1, [5, 90, 200]] = 40 << 16  # three tied maxima
+    capped[2, [0, 299]] = 40 << 16
+    capped[3] = -(200 << 16)
+    capped[3, 17] = 30 << 16  # one-hot: every other p underflows to 0
+    p = numerics.lm_probs(capped)
+    toks = torch.randint(0, v, (64,), generator=g)
+    toks[0], toks[1], toks[2], toks[3] = 0, 90, 299, 16
+    toks[4], toks[5] = int(p[4].argmax()), v - 1
+    for prec in (11, 16, 24):
+        f = numerics.freq_table_reference(p, prec)
+        assert np.array_equal(rowops.freq_rows(p.numpy(), prec), f.numpy())
+        cum, freq = np.empty(64, np.int64), np.empty(64, np.int64)
+        for t in (toks, torch.roll(toks, 1)):
+            rowops.lm_symbols_rows(p.numpy(), t.numpy().astype(np.int64), prec, cum, freq)
+            want = f.cumsum(dim=-1) - f
+            assert np.array_equal(cum, want.gather(1, t[:, None])[:, 0].numpy())
+            assert np.array_equal(freq, f.gather(1, t[:, None])[:, 0].numpy())
+
+
 def test_float_estimated_divisions_are_exact_floor_divisions():
     """rowops._fdiv / _rdiv_inv (a float estimate of the quotient corrected with integer
     products; the quantizers, QK-norm, softcap and frequency tables use them where one divisor
@@ -362,6 +393,8 @@ def test_float_estimated_divisions_are_exact_floor_divisions():
                   rng.integers(-1, 2, 2000))]  # fmt: skip
     for n, d in cases:
         assert rowops._fdiv(np.int64(n), np.int64(d), 1.0 / d) == n // d, (n, d)
+        if abs(n // d) < 1 << 50:  # _fdiv1's bound (one correction each way)
+            assert rowops._fdiv1(np.int64(n), np.int64(d), 1.0 / d) == n // d, (n, d)
     for n, d in cases[:500]:
         n //= 4  # 2n + d must fit int64
         got = rowops._rdiv_inv(np.int64(n), np.int64(2 * d), 1.0 / (2 * d))

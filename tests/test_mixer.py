@@ -465,3 +465,35 @@ def test_group_shares_one_table_in_lock_step():
     assert not all(np.array_equal(o, t) for o, t in zip(decode((1, 0, 2)), toks))
     with pytest.raises(ValueError, match="shared bucket table"):
         MixDecoder(payloads[0], SMALL, V, 600, new_table(MixerParams(hash_bits=11)))
+
+
+def test_group_feed_from_the_pass_writes_what_feed_writes():
+    """GroupEncoder.feed_pass (the compressor's path: the chunks' rows read in place from the LM
+    pass's [N, T, V] array, windows in any order) writes the bytes of feed(); it refuses blocks
+    that do not lie in the pass and tokens outside the vocabulary."""
+    rng = np.random.default_rng(9)
+    V, T = 256, 200
+    toks = [rng.integers(0, 60, n).astype(np.int32) for n in (530, 410, 0)]
+    ps = [lm_vectors(rng, max(1, len(t)), V, "random") for t in toks]
+    ref = GroupEncoder(SMALL, V, [len(t) for t in toks])
+    enc = GroupEncoder(SMALL, V, [len(t) for t in toks])
+    for s in range(0, 530, T):
+        blocks = [p[s : s + T] if s < len(t) else None for p, t in zip(ps, toks)]
+        tb = [t[s : s + T] if s < len(t) else None for t in toks]
+        ref.feed(blocks, tb)
+        # the pass: a spare window first, then the chunks' windows in reverse order
+        p = rng.integers(0, 1 << 30, (4, T, V)).astype(np.int64)
+        wins = np.array([3, 1, -1])
+        for g, b in enumerate(blocks):
+            if b is not None:
+                p[wins[g], : len(b)] = b
+        enc.feed_pass(p, wins, tb)
+    assert enc.finish() == ref.finish()
+    bad = GroupEncoder(SMALL, V, [530, 410, 0])
+    p = np.zeros((2, T, V), np.int64)
+    with pytest.raises(ValueError, match="do not match"):
+        bad.feed_pass(p, np.array([0, 2, -1]), [toks[0][:T], toks[1][:T], None])
+    with pytest.raises(ValueError, match="do not match"):
+        bad.feed_pass(p.astype(np.int32), np.array([0, 1, -1]), [toks[0][:T], toks[1][:T], None])
+    with pytest.raises(ValueError, match="out of range"):
+        bad.feed_pass(p, np.array([0, 1, -1]), [toks[0][:T] + V, toks[1][:T], None])
