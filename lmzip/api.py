@@ -520,6 +520,28 @@ def _decode_slice_lockstep(count, io, n, outs, seg, bos, step_args, kcs, vcs, st
 
 
 @njit(cache=True, nogil=True)
+def _decode_slice_batched(count, io, n, outs, seg, bos, step_args, kc, vc, step_tail, inp,
+                          heads, bodies, mems, mem_of, hists, csts, datas, lens):  # fmt: skip
+    """_decode_slice_lockstep on one thread, the streams' LM steps as one batch: one step_all
+    of G rows (kc, vc: the batch's caches, stream g in row g; each row is computed by the same
+    code as alone), so the weights are read once per position for all streams. A stream that
+    has ended steps on BOS at position 0 (its row is not used). inp: int64 [2, G] scratch."""
+    g_n = io.shape[0]
+    for _ in range(count):
+        for g in range(g_n):
+            live = io[g, 2] < n[g]
+            inp[0, g] = io[g, 0] if live else bos
+            inp[1, g] = io[g, 1] if live else 0
+        capped = rowops.step_all(inp[0], inp[1], *step_args, kc, vc, *step_tail)
+        probs = rowops.probs_rows(capped, step_tail[4], step_tail[5], step_tail[6])
+        for g in range(g_n):
+            if io[g, 2] < n[g]:
+                tok = mix_decode_token(heads[g], bodies[g], mems[mem_of[g]], hists[g], csts[g],
+                                       datas[g, : lens[g]], probs[g])  # fmt: skip
+                _advance(io[g], outs[g], tok, seg, bos)
+
+
+@njit(cache=True, nogil=True)
 def _decode_slice_turn(count, g, io, n, outs, seg, bos, step_args, kcs, vcs, step_tail, probs,
                        heads, bodies, mems, mem_of, hists, csts, datas, lens, turn):  # fmt: skip
     """Stream g's part of `count` lock-step positions, on a thread of its own (_decode_lockstep):
@@ -553,15 +575,22 @@ def _turn_threads() -> int:
 
 def _decode_lockstep(model: LoadedModel, streams: list) -> None:
     """Decode mixed streams together (CPU, fused engine): one thread per stream taking turns
-    (_decode_slice_turn) where there are threads for all of them, else the compiled lock-step
-    slices on numba's threads (_decode_slice_lockstep). The same tokens either way."""
+    (_decode_slice_turn) where there are threads for all of them; on one thread, their steps
+    as one batch (_decode_slice_batched); else the compiled lock-step slices on numba's
+    threads (_decode_slice_lockstep). The same tokens in every case."""
     eng = model.engine
     step_args, step_tail = eng.step_all_args()
     g_n = len(streams)
-    one = eng.new_state(1)  # each stream its own caches, stacked: kcs[g] is a one-stream cache
-    kcs = np.zeros((g_n,) + one.k_np.shape, one.k_np.dtype)
-    vcs = np.zeros((g_n,) + one.v_np.shape, one.v_np.dtype)
-    del one
+    turns = g_n <= _turn_threads()
+    batched = not turns and _turn_threads() == 1
+    if batched:  # the batch's caches, stream g in row g
+        state = eng.new_state(g_n)
+        kcs, vcs = state.k_np, state.v_np
+    else:  # each stream its own caches, stacked: kcs[g] is a one-stream cache
+        one = eng.new_state(1)
+        kcs = np.zeros((g_n,) + one.k_np.shape, one.k_np.dtype)
+        vcs = np.zeros((g_n,) + one.v_np.shape, one.v_np.dtype)
+        del one
     io = np.zeros((g_n, 4), np.int64)  # per stream: next input token, its position, done, ticks
     io[:, 0] = model.tokenizer.bos_id
     n = np.array([s.n for s in streams], np.int64)
@@ -588,7 +617,6 @@ def _decode_lockstep(model: LoadedModel, streams: list) -> None:
     outs = np.zeros((g_n, int(max(1, n.max()))), np.int32)
     seg, bos = eng.window - 1, model.tokenizer.bos_id
     tail = (probs, heads, bodies, mems, mem_of, hists, csts, datas, lens)
-    turns = g_n <= _turn_threads()
     turn = new_turns()
     with cf.ThreadPoolExecutor(g_n - 1 if turns else 1, thread_name_prefix="lmzip-stream") as pool:
 
@@ -602,6 +630,11 @@ def _decode_lockstep(model: LoadedModel, streams: list) -> None:
 
         while (io[:, 2] < n).any():
             count = min(DECODE_SLICE, int((n - io[:, 2]).max()))
+            if batched:
+                _decode_slice_batched(count, io, n, outs, seg, bos, step_args, kcs, vcs,
+                                      step_tail, np.zeros((2, g_n), np.int64),
+                                      *tail[1:])  # fmt: skip
+                continue
             if not turns:
                 _decode_slice_lockstep(count, io, n, outs, seg, bos, step_args, kcs, vcs,
                                        step_tail, *tail)  # fmt: skip

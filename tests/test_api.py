@@ -97,8 +97,9 @@ def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, l
     buf = io.BytesIO()
     api.compress_stream(io.BytesIO(data), buf, lm,
                         api.CodingOptions(threads=1, chunk_size=2048, lm_only=lm_only))  # fmt: skip
-    calls = {"single": 0, "lockstep": 0, "slice_turn": 0}
-    for name in ("single", "lockstep", "slice_turn"):
+    calls = {"single": 0, "lockstep": 0, "slice_turn": 0, "slice_batched": 0,
+             "slice_lockstep": 0}  # fmt: skip
+    for name in calls:
         fn = getattr(api, f"_decode_{name}")
         monkeypatch.setattr(api, f"_decode_{name}",
                             lambda *a, fn=fn, name=name: calls.update({name: calls[name] + 1})
@@ -108,9 +109,10 @@ def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, l
     monkeypatch.setattr(rowops, "set_threads", lambda n: None)  # the loop below chooses
     turn_threads = api._turn_threads
     # (batch, LOCKSTEP_MAX, numba threads, threads the streams may have): a group per batch
-    # on one thread (numba's lock-step slices) and on two (a thread per stream, taking turns);
-    # two groups in one batch on one and two threads (lock-step slices) and with a thread per
-    # stream forced (four threads taking turns on this machine's cores); the loop
+    # on one thread (the streams' steps as one batch) and on two (a thread per stream, taking
+    # turns); two groups in one batch on one thread (one batch) and on two (numba's lock-step
+    # slices) and with a thread per stream forced (four threads taking turns on this machine's
+    # cores); the loop
     cases = ((1, 8, 1, None), (1, 8, 2, None), (4, 8, 1, None), (4, 8, 2, None), (4, 8, 2, 8),
              (4, 1, 1, None))  # fmt: skip
     for batch, lockstep_max, threads, turn_max in cases:
@@ -122,7 +124,7 @@ def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, l
                               api.CodingOptions(threads=1, batch_size=batch))  # fmt: skip
         assert out.getvalue() == data
         seen.append(dict(calls))
-        calls.update(single=0, lockstep=0, slice_turn=0)
+        calls.update({k: 0 for k in calls})
     set_threads(1)
     if lm_only:  # 4 chunks: one at a time, or one batch in the loop
         assert [c["single"] for c in seen] == [4, 4, 0, 0, 0, 0]
@@ -134,6 +136,9 @@ def test_single_stream_slices_lockstep_and_batched_loop_agree(lm, monkeypatch, l
         turned = [c["slice_turn"] for c in seen]  # one call per stream and slice
         assert turned[0] == turned[2] == turned[3] == turned[5] == 0
         assert turned[1] >= 2 * 2 * n_slices // 2 and turned[4] >= 4 * n_slices // 2
+        assert [c["slice_batched"] > 0 for c in seen] == [True, False, True, False, False, False]
+        assert [c["slice_lockstep"] > 0 for c in seen] == [False, False, False, True, False,
+                                                           False]  # fmt: skip
 
 
 def test_a_group_of_chunks_shares_its_table(lm, monkeypatch):
