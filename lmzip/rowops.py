@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from lmzip.coder import dec_symbol
-from lmzip.simd import dot1x4, dot2x2, keys_dot1, keys_dot2, rows_pv1, rows_pv2
+from lmzip.simd import dot1x4, dot2x2, dot4x2, keys_dot1, keys_dot2, rows_pv1, rows_pv2
 
 PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
 ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels
@@ -300,6 +300,27 @@ def _dots2(x0, x1, w, n, b0, b1):
 
 
 @njit(cache=True, inline="always")
+def _dots4(xs, w, n, bs):
+    """bs[i, j] = xs[i] . w[j] for i < 4, j < n, as int32 (xs int16 [4, K], bs int32 [4, >= n]):
+    two rows of w at a time in simd.dot4x2, each loaded once for the four rows of xs; _dot1
+    adds the last K mod 16 elements."""
+    k = xs.shape[1]
+    n16 = k // 16
+    k16 = 16 * n16
+    x0, x1, x2, x3 = xs[0], xs[1], xs[2], xs[3]
+    j = 0
+    while j + 1 < n:
+        s = dot4x2(x0, x1, x2, x3, w, j, n16)
+        for i in range(4):
+            bs[i, j] = np.int32(s[2 * i] + _dot1(xs[i], w, j, k16, k))
+            bs[i, j + 1] = np.int32(s[2 * i + 1] + _dot1(xs[i], w, j + 1, k16, k))
+        j += 2
+    if j < n:
+        for i in range(4):
+            bs[i, j] = _dot1(xs[i], w, j, 0, k)
+
+
+@njit(cache=True, inline="always")
 def _dots1(x0, w, n, b0):
     """b0[j] = x0 . w[j] for j < n, four rows of w at a time in simd.dot1x4."""
     k = x0.shape[0]
@@ -328,12 +349,20 @@ def _epilogue_row(acc, a_scale, ws, shift, lo, hi, out, r):
 
 @njit(cache=True, inline="always")
 def _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, r1, xs, bs):
-    """Rows r0..r1-1 of linear_i16 (scratch: xs int16 [2, K], bs int32 [2, N]): the int32 sums
-    of a row (_dots2, _dots1), then their rescaling (_epilogue_row)."""
+    """Rows r0..r1-1 of linear_i16 (scratch: xs int16 [4, K], bs int32 [4, N]): the int32 sums
+    of a row (_dots4, _dots2, _dots1), then their rescaling (_epilogue_row)."""
     k = a.shape[1]
     n = w.shape[0]
     x0, x1, b0, b1 = xs[0], xs[1], bs[0], bs[1]
     r = r0
+    while r + 3 < r1:  # four rows at a time: each weight row loaded once for the four
+        for i in range(4):
+            for c in range(k):
+                xs[i, c] = a[r + i, c]
+        _dots4(xs, w, n, bs)
+        for i in range(4):
+            _epilogue_row(bs[i], a_scale[r + i], ws, shift, lo, hi, out, r + i)
+        r += 4
     while r + 1 < r1:  # two rows at a time: each weight row loaded once for both
         for c in range(k):
             x0[c] = a[r, c]
@@ -362,8 +391,8 @@ def linear_i16(a, w, a_scale, ws, shift, lo, hi):
     m, k = a.shape
     n = w.shape[0]
     out = np.empty((m, n), np.int64)
-    xs = np.empty((2, k), np.int16)
-    bs = np.empty((2, n), np.int32)
+    xs = np.empty((4, k), np.int16)
+    bs = np.empty((4, n), np.int32)
     _linear_block(a, w, a_scale, ws, shift, lo, hi, out, 0, m, xs, bs)
     return out
 
@@ -379,8 +408,8 @@ def linear_i16_par(a, w, a_scale, ws, shift, lo, hi):
     out = np.empty((m, w.shape[0]), np.int64)
     nb = (m + LINEAR_BLOCK - 1) // LINEAR_BLOCK
     for b in prange(nb):
-        xs = np.empty((2, k), np.int16)
-        bs = np.empty((2, w.shape[0]), np.int32)
+        xs = np.empty((4, k), np.int16)
+        bs = np.empty((4, w.shape[0]), np.int32)
         r0 = b * LINEAR_BLOCK
         _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK), xs, bs)
     return out

@@ -138,14 +138,16 @@ def _dot_step(builder, xs, ws, off, accs, lanes):
 
 
 def _dot_block(builder, xs, ws, n16):
-    """Four int32 sums: x . w for the (x, w) pairs of the block (len(xs) * len(ws) == 4), over
-    16 * n16 elements: in steps of 16 (AVX2), or of 32 (HAS_AVX512BW) and a last step of 16
-    where n16 is odd. Integer sums: the same in any order."""
+    """The int32 sums x . w for the (x, w) pairs of the block (x major; len(xs) * len(ws) a
+    multiple of 4), over 16 * n16 elements: in steps of 16 (AVX2), or of 32 (HAS_AVX512BW) and a
+    last step of 16 where n16 is odd. Integer sums: the same in any order."""
+    n_acc = len(xs) * len(ws)
     zero = ir.Constant(_V8x32, None)
-    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_acc)]
     i64 = n16.type
     if HAS_AVX512BW:
-        wide = [cgutils.alloca_once_value(builder, ir.Constant(_V16x32, None)) for _ in range(4)]
+        wide = [cgutils.alloca_once_value(builder, ir.Constant(_V16x32, None))
+                for _ in range(n_acc)]  # fmt: skip
         with cgutils.for_range(builder, builder.ashr(n16, ir.Constant(i64, 1))) as loop:
             off = builder.mul(loop.index, ir.Constant(i64, 32))
             _dot_step(builder, xs, ws, off, wide, 32)
@@ -159,7 +161,8 @@ def _dot_block(builder, xs, ws, n16):
     else:
         with cgutils.for_range(builder, n16) as loop:
             _dot_step(builder, xs, ws, builder.mul(loop.index, ir.Constant(i64, 16)), accs, 16)
-    return _sum4(builder, [builder.load(a) for a in accs])
+    sums = [builder.load(a) for a in accs]
+    return [v for i in range(0, n_acc, 4) for v in _sum4(builder, sums[i : i + 4])]
 
 
 @intrinsic
@@ -177,6 +180,27 @@ def dot2x2(typingctx, x0, x1, w, j, n16):
         w1 = _row_ptr(context, builder, tw, aw, builder.add(jj, ir.Constant(jj.type, 1)))
         xs = [_row_ptr(context, builder, tx0, ax0, elem=_I16),
               _row_ptr(context, builder, tx1, ax1, elem=_I16)]  # fmt: skip
+        sums = _dot_block(builder, xs, [w0, w1], nn)
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return sig, codegen
+
+
+@intrinsic
+def dot4x2(typingctx, x0, x1, x2, x3, w, j, n16):
+    """(x0 . w[j], x0 . w[j+1], x1 . w[j], ..., x3 . w[j+1]) over the first 16 * n16 elements,
+    as int32: four int16 rows against two weight rows, each weight vector loaded and widened
+    once for four rows (the widening shares the multiply-adds' port on x86)."""
+    if not _contiguous(x0, x1, x2, x3, w):
+        return None
+    sig = types.UniTuple(types.int32, 8)(x0, x1, x2, x3, w, j, n16)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        xs = [_row_ptr(context, builder, tys[i], args[i], elem=_I16) for i in range(4)]
+        jj, nn = args[5], args[6]
+        w0 = _row_ptr(context, builder, tys[4], args[4], jj)
+        w1 = _row_ptr(context, builder, tys[4], args[4], builder.add(jj, ir.Constant(jj.type, 1)))
         sums = _dot_block(builder, xs, [w0, w1], nn)
         return context.make_tuple(builder, signature.return_type, sums)
 

@@ -288,7 +288,7 @@ def test_linear_i16_exact_at_the_extremes(k, qmax):
     of the fused engine) give numerics.md "linear" exactly, computed here in int64 numpy, also
     where every product has the largest magnitude and one sign, i.e. where the int32 sums come
     closest to 2^31 (k = 1031 x 127 and 4226 x 31 are the largest k the engine accepts), for
-    every row count (pairs of rows, the odd row, several parallel blocks)."""
+    every row count (blocks of four rows, pairs, the odd row, several parallel blocks)."""
     from lmzip import engine, rowops
 
     assert k * engine.AQ * qmax < 1 << 31

@@ -14,6 +14,12 @@ def _compile():
     def blocks(x0, x1, w, j, n16):
         return simd.dot2x2(x0, x1, w, j, n16), simd.dot1x4(x0, w, j, n16)
 
+    @njit(cache=False)
+    def block4(x0, x1, x2, x3, w, j, n16):
+        return simd.dot4x2(x0, x1, x2, x3, w, j, n16)
+
+    blocks.four = block4
+
     return blocks
 
 
@@ -36,7 +42,7 @@ FORMS = {"avx512-intrinsic": (True, True), "avx2-intrinsic": (True, False),
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_dot_blocks_equal_int64_numpy(form, monkeypatch):
-    """dot2x2 and dot1x4 give the exact int32 dot products, with the 512-bit x86 intrinsic (steps
+    """dot2x2, dot1x4 and dot4x2 give the exact int32 dot products, with the 512-bit x86 intrinsic (steps
     of 32 elements and a last one of 16 where n16 is odd; where the host has AVX512BW), the AVX2
     one (where it has AVX2), and the portable shuffle form that other CPUs compile; also over a
     prefix of the rows (n16 < K / 16: the callers add the tail)."""
@@ -57,8 +63,12 @@ def test_dot_blocks_equal_int64_numpy(form, monkeypatch):
                     two, four = blocks(x[r0], x[r1], w, j, n16)
                     assert two == (part[r0, j], part[r0, j + 1], part[r1, j], part[r1, j + 1])
                     assert four == tuple(part[r0, j : j + 4])
+                rows = (3, 0, 2, 1)
+                for j in (0, 3, 5):
+                    eight = blocks.four(*(x[r] for r in rows), w, j, n16)
+                    assert eight == tuple(part[r, j + i] for r in rows for i in (0, 1))
         assert blocks(x[0], x[1], w, 0, k // 16)[0][0] == want[0, 0]
-    ir = "".join(blocks.inspect_llvm().values())
+    ir = "".join(blocks.inspect_llvm().values()) + "".join(blocks.four.inspect_llvm().values())
     # the forms under test are the ones compiled (the 512-bit one ends odd counts with AVX2's)
     assert ("llvm.x86.avx2.pmadd.wd" in ir) == avx2
     assert ("llvm.x86.avx512.pmaddw.d.512" in ir) == avx512
