@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmzip import rowops
+from lmzip import rowops, simd
 from lmzip.config import ModelConfig
 from lmzip.container import ModelFile
 from lmzip.errors import FormatError, VersionError
@@ -75,6 +75,31 @@ def parallel_linear_ok() -> bool:
     """The same for rowops.linear_i16_par, at its first use (the teacher-forced passes; decoding
     never needs it); where it fails, those passes use linear_i16."""
     return _linear_selftest(rowops.linear_i16_par)
+
+
+@functools.cache
+def pairs_linear_ok() -> bool:
+    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX512BW CPUs),
+    adversarial and random rows against int64 numpy at the largest even K the engine accepts;
+    where it fails (or the CPU has no AVX512BW) the passes use linear_i16."""
+    if not simd.HAS_AVX512BW:
+        return False
+    rng = np.random.default_rng(98)
+    for k, qmax in ((192, 127), (1030, 127), (4226, 31)):
+        a = np.stack([np.full(k, 16383), np.full(k, -16383),
+                      np.where(np.arange(k) % 2, 16383, -16383)]
+                     + list(rng.integers(-16383, 16384, (4, k)))).astype(np.int64)  # fmt: skip
+        w = rng.integers(-qmax, qmax + 1, (64, k)).astype(np.int8)
+        w[0], w[1], w[33] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
+        a_scale = np.full(len(a), 1 << 16, np.int64)
+        ws = np.full(len(w), 1 << 24, np.int64)
+        want = a @ w.astype(np.int64).T  # unit scales: y = acc
+        wt = rowops.pair_cols(w)
+        for m in (1, 4, len(a)):
+            got = rowops.linear_pairs(a[:m], wt, a_scale[:m], ws, 24, -I64_MAX, I64_MAX)
+            if not np.array_equal(got, want[:m]):
+                return False
+    return True
 
 
 @dataclass
@@ -225,6 +250,14 @@ class CpuEngine:
         tail = (t.sqd, t.sqe, self.e, self.cap, *self.exp,
                 np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))  # fmt: skip
         self._stacked = tuple(args), tail
+        # the passes' linears as weight pairs (rowops.linear_pairs) where the CPU has AVX512BW:
+        # a second copy of every weight matrix whose shape allows it (K even, N % 32 == 0)
+        self._pairs = {}
+        if simd.HAS_AVX512BW:
+            for lin in [t.emb] + [lay[n] for lay in t.layers for n in LINEARS]:
+                nn, kk = lin.w.shape
+                if kk % 2 == 0 and nn % 32 == 0:
+                    self._pairs[id(lin)] = rowops.pair_cols(lin.w)
 
     # -- the decoding step (rowops.step_all: the whole step in one compiled call) -----------------
     def step_all_ok(self) -> bool:
@@ -246,6 +279,9 @@ class CpuEngine:
 
     # -- the teacher-forced pass ---------------------------------------------------------------
     def _linear(self, lin: Linear, a, s, frac: int, lim: int = I64_MAX) -> np.ndarray:
+        wt = self._pairs.get(id(lin))
+        if wt is not None and a.shape[0] >= 4 and pairs_linear_ok():
+            return rowops.linear_pairs(a, wt, s, lin.ws, 32 - frac, -lim, lim)
         big = a.shape[0] > rowops.PAR_ROWS and parallel_linear_ok()
         kernel = rowops.linear_i16_par if big else rowops.linear_i16
         return kernel(a, lin.w, s, lin.ws, 32 - frac, -lim, lim)

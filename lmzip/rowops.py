@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from lmzip.coder import dec_symbol
-from lmzip.simd import dot1x4, dot2x2, dot4x2, keys_dot1, keys_dot2, rows_pv1, rows_pv2
+from lmzip.simd import cols_dot4, dot1x4, dot2x2, dot4x2, keys_dot1, keys_dot2, rows_pv1, rows_pv2
 
 PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
 ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels
@@ -394,6 +394,38 @@ def linear_i16(a, w, a_scale, ws, shift, lo, hi):
     xs = np.empty((4, k), np.int16)
     bs = np.empty((4, n), np.int32)
     _linear_block(a, w, a_scale, ws, shift, lo, hi, out, 0, m, xs, bs)
+    return out
+
+
+def pair_cols(w: np.ndarray) -> np.ndarray:
+    """int8 weights [N, K] (K even) -> their pairs along k, [K/2, N, 2] (linear_pairs)."""
+    n, k = w.shape
+    return np.ascontiguousarray(w.reshape(n, k // 2, 2).transpose(1, 0, 2))
+
+
+@njit(cache=True, nogil=True)
+def linear_pairs(a, wt, a_scale, ws, shift, lo, hi):
+    """linear_i16 with the weights as pairs along k (wt = pair_cols(w), int8 [K/2, N, 2], N a
+    multiple of 32): blocks of four rows against 32 outputs at a time in simd.cols_dot4, whose
+    sums need no horizontal additions (the dot products of linear_i16 end each row and weight
+    row with one: a large share of the work at K = 192). CPUs with AVX512BW only (the caller
+    checks simd.HAS_AVX512BW); the same integers as linear_i16 (exact int32 sums, the same
+    bound K * 16383 * max|w| < 2^31). A last block of fewer rows is padded with zero rows."""
+    m, k = a.shape
+    kp = wt.shape[0]
+    n = wt.shape[1]
+    out = np.empty((m, n), np.int64)
+    xs = np.zeros((4, 2 * kp), np.int16)
+    bs = np.empty((4, n), np.int32)
+    for r0 in range(0, m, 4):
+        rows = min(4, m - r0)
+        for i in range(4):
+            for c in range(k):
+                xs[i, c] = a[r0 + i, c] if i < rows else 0
+        for n0 in range(0, n, 32):
+            cols_dot4(xs, wt, n0, kp, bs)
+        for i in range(rows):
+            _epilogue_row(bs[i], a_scale[r0 + i], ws, shift, lo, hi, out, r0 + i)
     return out
 
 

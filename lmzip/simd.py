@@ -226,6 +226,73 @@ def dot1x4(typingctx, x0, w, j, n16):
     return sig, codegen
 
 
+def _cols_ok(xs, wt, out) -> bool:
+    """int16 2-D C rows, int8 3-D C weight pairs [K/2, N, 2], int32 2-D C outputs."""
+    return (isinstance(xs, types.Array) and xs.layout == "C" and xs.dtype == types.int16
+            and xs.ndim == 2 and isinstance(wt, types.Array) and wt.layout == "C"
+            and wt.dtype == types.int8 and wt.ndim == 3 and isinstance(out, types.Array)
+            and out.layout == "C" and out.dtype == types.int32 and out.ndim == 2)  # fmt: skip
+
+
+@intrinsic
+def cols_dot4(typingctx, xs, wt, n0, kp_n, out):
+    """out[r, n0 + c] = sum over k < 2 kp_n of xs[r, k] * w[n0 + c, k], for r < 4 and c < 32, as
+    int32 (HAS_AVX512BW only): the weights as pairs along k, wt[kp, n] = (w[n, 2 kp],
+    w[n, 2 kp + 1]) (int8 [K/2, N, 2]), so that 32 bytes hold one pair of 16 outputs and a
+    512-bit multiply-add (vpmaddwd, vpdpwssd with VNNI) computes 16 outputs of one row at once
+    against the row's pair broadcast: 32 outputs of 4 rows in 8 accumulators, no horizontal
+    sums. Exact where every partial sum is below 2^31 (the callers' bound)."""
+    if not _cols_ok(xs, wt, out):
+        return None
+
+    def codegen(context, builder, signature, args):
+        txs, twt, _, _, tout = signature.args
+        axs, awt, nn0, kpn, aout = args
+        x = context.make_array(txs)(context, builder, axs)
+        w = context.make_array(twt)(context, builder, awt)
+        o = context.make_array(tout)(context, builder, aout)
+        i64 = ir.IntType(64)
+        xbase = builder.bitcast(x.data, _I8.as_pointer())
+        xrow = builder.extract_value(x.strides, 0)
+        wbase = builder.bitcast(w.data, _I8.as_pointer())
+        wrow = builder.extract_value(w.strides, 0)
+        obase = builder.bitcast(o.data, _I8.as_pointer())
+        orow = builder.extract_value(o.strides, 0)
+        n0b = builder.mul(context.cast(builder, nn0, signature.args[2], types.int64),
+                          ir.Constant(i64, 2))  # fmt: skip
+        zero = ir.Constant(_V16x32, None)
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(4)]
+        bcast = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+        kpn64 = context.cast(builder, kpn, signature.args[3], types.int64)
+        with cgutils.for_range(builder, kpn64) as loop:
+            kp = loop.index
+            wp = builder.gep(wbase, [builder.add(builder.mul(kp, wrow), n0b)])
+            vs = [builder.sext(builder.load(builder.bitcast(builder.gep(wp, [ir.Constant(i64, 32 * b)]),
+                                                            _V32x8.as_pointer()), align=1), _V32x16)
+                  for b in range(2)]  # fmt: skip
+            for r in range(4):
+                xp = builder.gep(xbase, [builder.add(builder.mul(ir.Constant(i64, r), xrow),
+                                                     builder.mul(kp, ir.Constant(i64, 4)))])  # fmt: skip
+                pair = builder.load(builder.bitcast(xp, _I32.as_pointer()), align=2)
+                one = builder.insert_element(ir.Constant(_V16x32, ir.Undefined), pair,
+                                             ir.Constant(_I32, 0))  # fmt: skip
+                xb = builder.bitcast(builder.shuffle_vector(one, one, bcast), _V32x16)
+                for b in range(2):
+                    acc = accs[r][b]
+                    builder.store(builder.add(builder.load(acc), _pmadd512(builder, vs[b], xb)),
+                                  acc)  # fmt: skip
+        for r in range(4):
+            for b in range(2):
+                off = builder.add(builder.mul(ir.Constant(i64, r), orow),
+                                  builder.add(builder.mul(n0b, ir.Constant(i64, 2)),
+                                              ir.Constant(i64, 64 * b)))  # fmt: skip
+                dst = builder.bitcast(builder.gep(obase, [off]), _V16x32.as_pointer())
+                builder.store(builder.load(accs[r][b]), dst, align=4)
+        return context.get_dummy_value()
+
+    return types.none(xs, wt, n0, kp_n, out), codegen
+
+
 def _keys_block_dots(context, builder, qs, kt_type, kt, n8, e2, outs):
     """For each 8-key block b < n8 of kt (int8 [E/2, >= 8 n8, 2]: kt[c2, j] holds elements 2 c2
     and 2 c2 + 1 of key j) and each int16 query row q in qs: out[8 b + i] = q . key(8 b + i), the

@@ -321,6 +321,46 @@ def test_linear_i16_exact_at_the_extremes(k, qmax):
             assert np.array_equal(got, want[:m])
 
 
+@pytest.mark.parametrize("k,qmax", [(2, 127), (192, 31), (1030, 127), (4226, 31)])
+def test_linear_pairs_exact_at_the_extremes(k, qmax):
+    """rowops.linear_pairs (the passes' linears on AVX512BW CPUs: weights as pairs along k, four
+    rows against 32 outputs at a time) gives linear_i16's integers, also where every product has
+    the largest magnitude (one sign, alternating), for every row count (blocks of four, a last
+    block padded with zero rows) and several blocks of 32 outputs."""
+    from lmzip import cpu_engine, engine, rowops, simd
+
+    if not simd.HAS_AVX512BW:
+        pytest.skip("the host CPU has no AVX512BW")
+    assert cpu_engine.pairs_linear_ok()
+    rng = np.random.default_rng(k + 1)
+    rows = [np.full(k, 16383), np.full(k, -16383), np.where(np.arange(k) % 2, 16383, -16383),
+            rng.integers(-16383, 16384, k)]  # fmt: skip
+    a = np.stack(rows * 5 + rows[:3]).astype(np.int64)  # 23 rows
+    w = rng.integers(-qmax, qmax + 1, (96, k)).astype(np.int8)
+    w[0], w[40], w[95] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
+    a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
+    ws = rng.integers(0, 1 << 24, len(w)).astype(np.int64)
+    assert np.abs(a @ w.astype(np.int64).T).max() == k * engine.AQ * qmax
+    wt = rowops.pair_cols(w)
+    for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
+        for m in (1, 3, 4, 5, len(a)):
+            want = rowops.linear_i16(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
+            got = rowops.linear_pairs(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
+            assert np.array_equal(got, want)
+
+
+def test_pairs_selftest_failure_falls_back(shaped_mf, monkeypatch):
+    """Where rowops.linear_pairs fails its start-up self-test (cpu_engine.pairs_linear_ok), the
+    CPU engine's passes use linear_i16, with the same integers."""
+    from lmzip import cpu_engine
+
+    tables = cpu_engine.build_tables(shaped_mf)
+    w = _windows(2, tables.cfg.seq_len, tables.cfg.vocab_size, seed=29).numpy()
+    want = cpu_engine.CpuEngine(tables).forward_np(w)
+    monkeypatch.setattr(cpu_engine, "pairs_linear_ok", lambda: False)
+    assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
+
+
 def test_decode_lm_row_decodes_what_the_table_rule_encoded():
     """rowops.decode_lm_row (frequency table + cumulative table + range decoder in one call, the
     --lm-only decoding loop) inverts coder.encode_symbols over numerics.freq_table's tables."""
@@ -410,6 +450,11 @@ def test_cpu_engine_equals_torch_engine(shaped_mf):
     tables = build_tables(mf)
     assert CpuEngine.supports(tables)
     cpu, ref = CpuEngine(tables), Engine(mf, fused=False)
+    from lmzip import simd
+
+    # the passes' linears as weight pairs where the CPU allows it (every shape here has some:
+    # the logit head, N = vocab 512 and K = d_model even)
+    assert bool(cpu._pairs) == simd.HAS_AVX512BW
     w = _windows(3, cpu.window, cpu.vocab_size, seed=23)
     want = ref.forward(w)
     assert np.array_equal(cpu.forward_np(w.numpy()), want.numpy())
