@@ -42,20 +42,22 @@ def q24(values: np.ndarray, what: str, limit: int) -> np.ndarray:
     return v.astype(np.int64)
 
 
-def _linear_selftest(kernel) -> bool:
+def _linear_selftest(kernel, k_mid: int = 1031, n: int = 9, counts=(1, 2)) -> bool:
     """Adversarial rows (every product at its extreme, one sign and alternating) and random ones
-    through `kernel`, against int64 numpy, at the largest K the engine accepts."""
+    through `kernel` (linear_i16's arguments, weights [N, K]), against int64 numpy, at the
+    largest K the engine accepts (k_mid: the largest for 8-bit weights, or an even one), with n
+    weight rows and the row counts `counts` and all seven."""
     rng = np.random.default_rng(99)
-    for k, qmax in ((192, 127), (1031, 127), (4226, 31)):
+    for k, qmax in ((192, 127), (k_mid, 127), (4226, 31)):
         a = np.stack([np.full(k, 16383), np.full(k, -16383),
                       np.where(np.arange(k) % 2, 16383, -16383)]
                      + list(rng.integers(-16383, 16384, (4, k)))).astype(np.int64)  # fmt: skip
-        w = rng.integers(-qmax, qmax + 1, (9, k)).astype(np.int8)
-        w[0], w[1] = qmax, -qmax
+        w = rng.integers(-qmax, qmax + 1, (n, k)).astype(np.int8)
+        w[0], w[1], w[n - 1] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
         a_scale = np.full(len(a), 1 << 16, np.int64)
         ws = np.full(len(w), 1 << 24, np.int64)
         want = a @ w.astype(np.int64).T  # unit scales (A = 2^16, WS = 2^24, shift 24): y = acc
-        for m in (1, 2, len(a)):
+        for m in (*counts, len(a)):
             if not np.array_equal(kernel(a[:m], w, a_scale[:m], ws, 24, -I64_MAX, I64_MAX),
                                   want[:m]):  # fmt: skip
                 return False
@@ -79,27 +81,16 @@ def parallel_linear_ok() -> bool:
 
 @functools.cache
 def pairs_linear_ok() -> bool:
-    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX512BW CPUs),
-    adversarial and random rows against int64 numpy at the largest even K the engine accepts;
+    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX512BW CPUs), at
+    the largest even K, 64 outputs (two blocks of 32), blocks of four rows and a padded one;
     where it fails (or the CPU has no AVX512BW) the passes use linear_i16."""
     if not simd.HAS_AVX512BW:
         return False
-    rng = np.random.default_rng(98)
-    for k, qmax in ((192, 127), (1030, 127), (4226, 31)):
-        a = np.stack([np.full(k, 16383), np.full(k, -16383),
-                      np.where(np.arange(k) % 2, 16383, -16383)]
-                     + list(rng.integers(-16383, 16384, (4, k)))).astype(np.int64)  # fmt: skip
-        w = rng.integers(-qmax, qmax + 1, (64, k)).astype(np.int8)
-        w[0], w[1], w[33] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
-        a_scale = np.full(len(a), 1 << 16, np.int64)
-        ws = np.full(len(w), 1 << 24, np.int64)
-        want = a @ w.astype(np.int64).T  # unit scales: y = acc
-        wt = rowops.pair_cols(w)
-        for m in (1, 4, len(a)):
-            got = rowops.linear_pairs(a[:m], wt, a_scale[:m], ws, 24, -I64_MAX, I64_MAX)
-            if not np.array_equal(got, want[:m]):
-                return False
-    return True
+
+    def pairs(a, w, *rest):
+        return rowops.linear_pairs(a, rowops.pair_cols(w), *rest)
+
+    return _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
 
 
 @dataclass
