@@ -93,6 +93,16 @@ def pairs_linear_ok() -> bool:
     return _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
 
 
+@functools.cache
+def pairs_par_ok() -> bool:
+    """The same for rowops.linear_pairs_par, at its first use (passes of many rows)."""
+
+    def pairs(a, w, *rest):
+        return rowops.linear_pairs_par(a, rowops.pair_cols(w), *rest)
+
+    return simd.HAS_AVX512BW and _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
+
+
 @dataclass
 class Linear:
     """int8 weights [out, in] (values within +-qmax) with Q24 per-row scales."""
@@ -272,7 +282,9 @@ class CpuEngine:
     def _linear(self, lin: Linear, a, s, frac: int, lim: int = I64_MAX) -> np.ndarray:
         wt = self._pairs.get(id(lin))
         if wt is not None and a.shape[0] >= 4 and pairs_linear_ok():
-            return rowops.linear_pairs(a, wt, s, lin.ws, 32 - frac, -lim, lim)
+            big = a.shape[0] > rowops.PAR_ROWS and pairs_par_ok()
+            kernel = rowops.linear_pairs_par if big else rowops.linear_pairs
+            return kernel(a, wt, s, lin.ws, 32 - frac, -lim, lim)
         big = a.shape[0] > rowops.PAR_ROWS and parallel_linear_ok()
         kernel = rowops.linear_i16_par if big else rowops.linear_i16
         return kernel(a, lin.w, s, lin.ws, 32 - frac, -lim, lim)

@@ -403,6 +403,23 @@ def pair_cols(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n, k // 2, 2).transpose(1, 0, 2))
 
 
+@njit(cache=True, inline="always")
+def _pairs_block(a, wt, a_scale, ws, shift, lo, hi, out, r0, r1, xs, bs):
+    """Rows r0..r1-1 of linear_pairs (scratch: xs int16 [4, K], bs int32 [4, N])."""
+    k = a.shape[1]
+    kp = wt.shape[0]
+    n = wt.shape[1]
+    for b0 in range(r0, r1, 4):
+        rows = min(4, r1 - b0)
+        for i in range(4):
+            for c in range(k):
+                xs[i, c] = a[b0 + i, c] if i < rows else 0
+        for n0 in range(0, n, 32):
+            cols_dot4(xs, wt, n0, kp, bs)
+        for i in range(rows):
+            _epilogue_row(bs[i], a_scale[b0 + i], ws, shift, lo, hi, out, b0 + i)
+
+
 @njit(cache=True, nogil=True)
 def linear_pairs(a, wt, a_scale, ws, shift, lo, hi):
     """linear_i16 with the weights as pairs along k (wt = pair_cols(w), int8 [K/2, N, 2], N a
@@ -412,20 +429,11 @@ def linear_pairs(a, wt, a_scale, ws, shift, lo, hi):
     checks simd.HAS_AVX512BW); the same integers as linear_i16 (exact int32 sums, the same
     bound K * 16383 * max|w| < 2^31). A last block of fewer rows is padded with zero rows."""
     m, k = a.shape
-    kp = wt.shape[0]
     n = wt.shape[1]
     out = np.empty((m, n), np.int64)
-    xs = np.zeros((4, 2 * kp), np.int16)
+    xs = np.zeros((4, k), np.int16)
     bs = np.empty((4, n), np.int32)
-    for r0 in range(0, m, 4):
-        rows = min(4, m - r0)
-        for i in range(4):
-            for c in range(k):
-                xs[i, c] = a[r0 + i, c] if i < rows else 0
-        for n0 in range(0, n, 32):
-            cols_dot4(xs, wt, n0, kp, bs)
-        for i in range(rows):
-            _epilogue_row(bs[i], a_scale[r0 + i], ws, shift, lo, hi, out, r0 + i)
+    _pairs_block(a, wt, a_scale, ws, shift, lo, hi, out, 0, m, xs, bs)
     return out
 
 
@@ -444,6 +452,22 @@ def linear_i16_par(a, w, a_scale, ws, shift, lo, hi):
         bs = np.empty((4, w.shape[0]), np.int32)
         r0 = b * LINEAR_BLOCK
         _linear_block(a, w, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK), xs, bs)
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def linear_pairs_par(a, wt, a_scale, ws, shift, lo, hi):
+    """linear_pairs with blocks of LINEAR_BLOCK rows (a multiple of 4) on numba's threads; every
+    output is computed by the same code whatever the split, so the result is identical."""
+    m, k = a.shape
+    n = wt.shape[1]
+    out = np.empty((m, n), np.int64)
+    nb = (m + LINEAR_BLOCK - 1) // LINEAR_BLOCK
+    for b in prange(nb):
+        xs = np.zeros((4, k), np.int16)
+        bs = np.empty((4, n), np.int32)
+        r0 = b * LINEAR_BLOCK
+        _pairs_block(a, wt, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK), xs, bs)
     return out
 
 

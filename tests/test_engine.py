@@ -323,10 +323,11 @@ def test_linear_i16_exact_at_the_extremes(k, qmax):
 
 @pytest.mark.parametrize("k,qmax", [(2, 127), (192, 31), (1030, 127), (4226, 31)])
 def test_linear_pairs_exact_at_the_extremes(k, qmax):
-    """rowops.linear_pairs (the passes' linears on AVX512BW CPUs: weights as pairs along k, four
-    rows against 32 outputs at a time) gives linear_i16's integers, also where every product has
-    the largest magnitude (one sign, alternating), for every row count (blocks of four, a last
-    block padded with zero rows) and several blocks of 32 outputs."""
+    """rowops.linear_pairs and linear_pairs_par (the passes' linears on AVX512BW CPUs: weights
+    as pairs along k, four rows against 32 outputs at a time) give linear_i16's integers, also
+    where every product has the largest magnitude (one sign, alternating), for every row count
+    (blocks of four, a last block padded with zero rows, parallel blocks) and several blocks of
+    32 outputs."""
     from lmzip import cpu_engine, engine, rowops, simd
 
     if not simd.HAS_AVX512BW:
@@ -335,7 +336,7 @@ def test_linear_pairs_exact_at_the_extremes(k, qmax):
     rng = np.random.default_rng(k + 1)
     rows = [np.full(k, 16383), np.full(k, -16383), np.where(np.arange(k) % 2, 16383, -16383),
             rng.integers(-16383, 16384, k)]  # fmt: skip
-    a = np.stack(rows * 5 + rows[:3]).astype(np.int64)  # 23 rows
+    a = np.stack(rows * 18 + rows[:3]).astype(np.int64)  # 75 rows: three parallel blocks
     w = rng.integers(-qmax, qmax + 1, (96, k)).astype(np.int8)
     w[0], w[40], w[95] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
     a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
@@ -343,9 +344,11 @@ def test_linear_pairs_exact_at_the_extremes(k, qmax):
     assert np.abs(a @ w.astype(np.int64).T).max() == k * engine.AQ * qmax
     wt = rowops.pair_cols(w)
     for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
-        for m in (1, 3, 4, 5, len(a)):
+        for m in (1, 3, 4, 5, 23, len(a)):
             want = rowops.linear_i16(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
             got = rowops.linear_pairs(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
+            assert np.array_equal(got, want)
+            got = rowops.linear_pairs_par(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
             assert np.array_equal(got, want)
 
 
