@@ -79,28 +79,28 @@ def parallel_linear_ok() -> bool:
     return _linear_selftest(rowops.linear_i16_par)
 
 
-@functools.cache
-def pairs_linear_ok() -> bool:
-    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX512BW CPUs), at
-    the largest even K, 64 outputs (two blocks of 32), blocks of four rows and a padded one;
-    where it fails (or the CPU has no AVX512BW) the passes use linear_i16."""
-    if not simd.HAS_AVX512BW:
-        return False
+def _pairs_selftest(kernel) -> bool:
+    """_linear_selftest of a kernel on weight pairs (rowops.pair_cols) at the largest even K,
+    64 outputs (two blocks of 32), blocks of four rows and a padded one; False without
+    AVX512BW (the kernels' instructions)."""
 
     def pairs(a, w, *rest):
-        return rowops.linear_pairs(a, rowops.pair_cols(w), *rest)
+        return kernel(a, rowops.pair_cols(w), *rest)
 
-    return _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
+    return simd.HAS_AVX512BW and _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
+
+
+@functools.cache
+def pairs_linear_ok() -> bool:
+    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX512BW CPUs); where
+    it fails (or the CPU has no AVX512BW) the passes use linear_i16."""
+    return _pairs_selftest(rowops.linear_pairs)
 
 
 @functools.cache
 def pairs_par_ok() -> bool:
     """The same for rowops.linear_pairs_par, at its first use (passes of many rows)."""
-
-    def pairs(a, w, *rest):
-        return rowops.linear_pairs_par(a, rowops.pair_cols(w), *rest)
-
-    return simd.HAS_AVX512BW and _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
+    return _pairs_selftest(rowops.linear_pairs_par)
 
 
 @dataclass

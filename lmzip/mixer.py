@@ -409,18 +409,14 @@ class GroupEncoder:
         """p_blocks[g], tokens[g]: chunk g's next block (None or empty once it has ended)."""
         if len(p_blocks) != self.g or len(tokens) != self.g:
             raise ValueError(f"one block per chunk of the group ({self.g})")
+        counts, t_all = self._token_block(tokens)
         # one [G, n, V] block (a copy: numba typed lists would avoid it, but they compile
         # anew in every process, ~1 s, and a signal during that compilation was lost)
-        counts = np.array([0 if t is None else len(t) for t in tokens], np.int64)
-        n = int(counts.max(initial=0))
-        p_all = np.zeros((self.g, n, self.V), np.int64)
-        t_all = np.zeros((self.g, n), np.int32)
+        p_all = np.zeros((self.g, t_all.shape[1], self.V), np.int64)
         for g in range(self.g):
             if counts[g]:
-                p, t = _check_inputs(p_blocks[g], tokens[g], self.V)
-                if self.heads[g, H_N] + counts[g] > self.heads[g, H_MAXTOK]:
-                    raise ValueError("more tokens than max_tokens")
-                p_all[g, : counts[g]], t_all[g, : counts[g]] = p, t
+                p_all[g, : counts[g]] = _check_inputs(p_blocks[g], t_all[g, : counts[g]],
+                                                      self.V)[0]  # fmt: skip
         self._encode(p_all, np.arange(self.g, dtype=np.int64), t_all, counts)
 
     def feed_pass(self, p: np.ndarray, wins: np.ndarray, tokens: list) -> None:
@@ -428,22 +424,29 @@ class GroupEncoder:
         chunk g's rows are p[wins[g], :len(tokens[g])] (p int64 C-contiguous [N, T, V], Q30
         rows of the engine; wins[g] unused where tokens[g] is None or empty). For callers that
         made p with the engine (api._code_group)."""
-        counts = np.array([0 if t is None else len(t) for t in tokens], np.int64)
-        if len(tokens) != self.g or len(wins) != self.g or p.dtype != np.int64 or (
-            not p.flags.c_contiguous or p.ndim != 3 or p.shape[2] != self.V
-            or any(c and not (0 <= w < p.shape[0] and c <= p.shape[1])
-                   for w, c in zip(wins, counts))):  # fmt: skip
+        if len(tokens) != self.g or len(wins) != self.g:
             raise ValueError("feed_pass: blocks do not match the pass")
+        counts, t_all = self._token_block(tokens)
+        if p.dtype != np.int64 or not p.flags.c_contiguous or p.ndim != 3 or (
+            p.shape[2] != self.V or any(c and not (0 <= w < p.shape[0] and c <= p.shape[1])
+                                        for w, c in zip(wins, counts))):  # fmt: skip
+            raise ValueError("feed_pass: blocks do not match the pass")
+        self._encode(p, np.asarray(wins, np.int64), t_all, counts)
+
+    def _token_block(self, tokens: list) -> tuple:
+        """(counts, t_all int32 [G, max count]) of the chunks' next token blocks (None or empty
+        once a chunk has ended), checked: ids in the vocabulary, at most max_tokens a chunk."""
+        counts = np.array([0 if t is None else len(t) for t in tokens], np.int64)
         t_all = np.zeros((self.g, int(counts.max(initial=0))), np.int32)
         for g in range(self.g):
             if counts[g]:
-                if self.heads[g, H_N] + counts[g] > self.heads[g, H_MAXTOK]:
-                    raise ValueError("more tokens than max_tokens")
-                t = tokens[g]
+                t = np.asarray(tokens[g])
                 if t.min() < 0 or t.max() >= self.V:
                     raise ValueError("token id out of range")
+                if self.heads[g, H_N] + counts[g] > self.heads[g, H_MAXTOK]:
+                    raise ValueError("more tokens than max_tokens")
                 t_all[g, : counts[g]] = t
-        self._encode(p, np.asarray(wins, np.int64), t_all, counts)
+        return counts, t_all
 
     def _encode(self, p, wins, t_all, counts) -> None:
         _encode_lockstep(self.heads, self.bodies, self.mem, self.hists, p, wins, t_all, counts,
