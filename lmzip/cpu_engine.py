@@ -82,18 +82,18 @@ def parallel_linear_ok() -> bool:
 def _pairs_selftest(kernel) -> bool:
     """_linear_selftest of a kernel on weight pairs (rowops.pair_cols) at the largest even K,
     64 outputs (two blocks of 32), blocks of four rows and a padded one; False without
-    AVX512BW (the kernels' instructions)."""
+    AVX2 (the kernels' instructions)."""
 
     def pairs(a, w, *rest):
         return kernel(a, rowops.pair_cols(w), *rest)
 
-    return simd.HAS_AVX512BW and _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
+    return simd.HAS_AVX2 and _linear_selftest(pairs, k_mid=1030, n=64, counts=(1, 4))
 
 
 @functools.cache
 def pairs_linear_ok() -> bool:
-    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX512BW CPUs); where
-    it fails (or the CPU has no AVX512BW) the passes use linear_i16."""
+    """Start-up self-test of rowops.linear_pairs (the passes' linears on AVX2 CPUs); where
+    it fails (or the CPU has no AVX2) the passes use linear_i16."""
     return _pairs_selftest(rowops.linear_pairs)
 
 
@@ -251,10 +251,10 @@ class CpuEngine:
         tail = (t.sqd, t.sqe, self.e, self.cap, *self.exp,
                 np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))  # fmt: skip
         self._stacked = tuple(args), tail
-        # the passes' linears as weight pairs (rowops.linear_pairs) where the CPU has AVX512BW:
-        # a second copy of every weight matrix whose shape allows it (K even, N % 32 == 0)
+        # the passes' linears as weight pairs (rowops.linear_pairs) where the CPU has AVX2: a
+        # second copy of every weight matrix whose shape allows it (K even, N % 32 == 0)
         self._pairs = {}
-        if simd.HAS_AVX512BW:
+        if simd.HAS_AVX2:
             for lin in [t.emb] + [lay[n] for lay in t.layers for n in LINEARS]:
                 nn, kk = lin.w.shape
                 if kk % 2 == 0 and nn % 32 == 0:

@@ -425,8 +425,8 @@ def linear_pairs(a, wt, a_scale, ws, shift, lo, hi):
     """linear_i16 with the weights as pairs along k (wt = pair_cols(w), int8 [K/2, N, 2], N a
     multiple of 32): blocks of four rows against 32 outputs at a time in simd.cols_dot4, whose
     sums need no horizontal additions (the dot products of linear_i16 end each row and weight
-    row with one: a large share of the work at K = 192). CPUs with AVX512BW only (the caller
-    checks simd.HAS_AVX512BW); the same integers as linear_i16 (exact int32 sums, the same
+    row with one: a large share of the work at K = 192). CPUs with AVX2 only (the caller
+    checks simd.HAS_AVX2); the same integers as linear_i16 (exact int32 sums, the same
     bound K * 16383 * max|w| < 2^31). A last block of fewer rows is padded with zero rows."""
     m, k = a.shape
     n = wt.shape[1]

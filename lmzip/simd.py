@@ -237,15 +237,20 @@ def _cols_ok(xs, wt, out) -> bool:
 @intrinsic
 def cols_dot4(typingctx, xs, wt, n0, kp_n, out):
     """out[r, n0 + c] = sum over k < 2 kp_n of xs[r, k] * w[n0 + c, k], for r < 4 and c < 32, as
-    int32 (HAS_AVX512BW only): the weights as pairs along k, wt[kp, n] = (w[n, 2 kp],
-    w[n, 2 kp + 1]) (int8 [K/2, N, 2]), so that 32 bytes hold one pair of 16 outputs and a
-    512-bit multiply-add (vpmaddwd, vpdpwssd with VNNI) computes 16 outputs of one row at once
-    against the row's pair broadcast: 32 outputs of 4 rows in 8 accumulators, no horizontal
-    sums. Exact where every partial sum is below 2^31 (the callers' bound)."""
+    int32 (HAS_AVX2 CPUs): the weights as pairs along k, wt[kp, n] = (w[n, 2 kp],
+    w[n, 2 kp + 1]) (int8 [K/2, N, 2]), so that one multiply-add (vpmaddwd; vpdpwssd with VNNI)
+    computes 16 outputs of one row at once (8 on AVX2) against the row's pair broadcast, with no
+    horizontal sums: 32 outputs of 4 rows in 8 accumulators of 512 bits, or on AVX2 in two
+    passes of 16 outputs (8 accumulators of 256 bits: 16 registers in all). Exact where every
+    partial sum is below 2^31 (the callers' bound)."""
     if not _cols_ok(xs, wt, out):
         return None
 
     def codegen(context, builder, signature, args):
+        # per pass: two weight vectors of `lanes` outputs (their pairs: 2 * lanes bytes each)
+        lanes, n_pass = (16, 1) if HAS_AVX512BW else (8, 2)
+        vw, vx, vacc, pmadd = ((_V32x8, _V32x16, _V16x32, _pmadd512) if HAS_AVX512BW else
+                               (_V16x8, _V16x16, _V8x32, _pmadd))  # fmt: skip
         txs, twt, _, _, tout = signature.args
         axs, awt, nn0, kpn, aout = args
         x = context.make_array(txs)(context, builder, axs)
@@ -260,34 +265,39 @@ def cols_dot4(typingctx, xs, wt, n0, kp_n, out):
         orow = builder.extract_value(o.strides, 0)
         n0b = builder.mul(context.cast(builder, nn0, signature.args[2], types.int64),
                           ir.Constant(i64, 2))  # fmt: skip
-        zero = ir.Constant(_V16x32, None)
+        zero = ir.Constant(vacc, None)
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(4)]
-        bcast = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)
+        bcast = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
         kpn64 = context.cast(builder, kpn, signature.args[3], types.int64)
-        with cgutils.for_range(builder, kpn64) as loop:
-            kp = loop.index
-            wp = builder.gep(wbase, [builder.add(builder.mul(kp, wrow), n0b)])
-            vs = [builder.sext(builder.load(builder.bitcast(builder.gep(wp, [ir.Constant(i64, 32 * b)]),
-                                                            _V32x8.as_pointer()), align=1), _V32x16)
-                  for b in range(2)]  # fmt: skip
+        for ps in range(n_pass):
+            for row in accs:
+                for acc in row:
+                    builder.store(zero, acc)
+            with cgutils.for_range(builder, kpn64) as loop:
+                kp = loop.index
+                wp = builder.gep(wbase, [builder.add(builder.mul(kp, wrow), n0b)])
+                vs = [builder.sext(builder.load(builder.bitcast(
+                    builder.gep(wp, [ir.Constant(i64, 2 * lanes * (2 * ps + b))]),
+                    vw.as_pointer()), align=1), vx) for b in range(2)]  # fmt: skip
+                for r in range(4):
+                    xp = builder.gep(xbase, [builder.add(builder.mul(ir.Constant(i64, r), xrow),
+                                                         builder.mul(kp, ir.Constant(i64, 4)))])  # fmt: skip
+                    pair = builder.load(builder.bitcast(xp, _I32.as_pointer()), align=2)
+                    one = builder.insert_element(ir.Constant(ir.VectorType(_I32, lanes),
+                                                             ir.Undefined), pair,
+                                                 ir.Constant(_I32, 0))  # fmt: skip
+                    xb = builder.bitcast(builder.shuffle_vector(one, one, bcast), vx)
+                    for b in range(2):
+                        acc = accs[r][b]
+                        builder.store(builder.add(builder.load(acc), pmadd(builder, vs[b], xb)),
+                                      acc)  # fmt: skip
             for r in range(4):
-                xp = builder.gep(xbase, [builder.add(builder.mul(ir.Constant(i64, r), xrow),
-                                                     builder.mul(kp, ir.Constant(i64, 4)))])  # fmt: skip
-                pair = builder.load(builder.bitcast(xp, _I32.as_pointer()), align=2)
-                one = builder.insert_element(ir.Constant(_V16x32, ir.Undefined), pair,
-                                             ir.Constant(_I32, 0))  # fmt: skip
-                xb = builder.bitcast(builder.shuffle_vector(one, one, bcast), _V32x16)
-                for b in range(2):
-                    acc = accs[r][b]
-                    builder.store(builder.add(builder.load(acc), _pmadd512(builder, vs[b], xb)),
-                                  acc)  # fmt: skip
-        for r in range(4):
-            for b in range(2):
-                off = builder.add(builder.mul(ir.Constant(i64, r), orow),
-                                  builder.add(builder.mul(n0b, ir.Constant(i64, 2)),
-                                              ir.Constant(i64, 64 * b)))  # fmt: skip
-                dst = builder.bitcast(builder.gep(obase, [off]), _V16x32.as_pointer())
-                builder.store(builder.load(accs[r][b]), dst, align=4)
+                for b in range(2):  # outputs n0 + lanes * (2 ps + b) .., 4 bytes each
+                    off = builder.add(builder.mul(ir.Constant(i64, r), orow),
+                                      builder.add(builder.mul(n0b, ir.Constant(i64, 2)),
+                                                  ir.Constant(i64, 4 * lanes * (2 * ps + b))))  # fmt: skip
+                    dst = builder.bitcast(builder.gep(obase, [off]), vacc.as_pointer())
+                    builder.store(builder.load(accs[r][b]), dst, align=4)
         return context.get_dummy_value()
 
     return types.none(xs, wt, n0, kp_n, out), codegen

@@ -74,6 +74,42 @@ def test_dot_blocks_equal_int64_numpy(form, monkeypatch):
     assert ("llvm.x86.avx512.pmaddw.d.512" in ir) == avx512
 
 
+@pytest.mark.parametrize("form", ["avx512-intrinsic", "avx2-intrinsic"])
+def test_weight_pair_columns_equal_int64_numpy(form, monkeypatch):
+    """cols_dot4 (weights as pairs along k: 32 outputs of four rows per call, no horizontal
+    sums) gives the exact int32 sums in its 512-bit form (one pass of 16-output vectors) and its
+    AVX2 form (two passes of 8-output vectors), at the extreme products, for blocks of outputs
+    at several offsets and over a prefix of the pairs."""
+    avx2, avx512 = FORMS[form]
+    if (avx2 and not simd.HAS_AVX2) or (avx512 and not simd.HAS_AVX512BW):
+        pytest.skip(f"the host CPU has no {form.split('-')[0].upper()}")
+    monkeypatch.setattr(simd, "HAS_AVX512BW", avx512)
+
+    @njit(cache=False)
+    def cols(xs, wt, n0, kp_n, out):
+        simd.cols_dot4(xs, wt, n0, kp_n, out)
+
+    rng = np.random.default_rng(5)
+    for k in (2, 192, 1030):
+        x = np.stack([np.full(k, 16383), np.full(k, -16383),
+                      np.where(np.arange(k) % 2, 16383, -16383),
+                      rng.integers(-16383, 16384, k)]).astype(np.int16)  # fmt: skip
+        w = rng.integers(-127, 128, (96, k)).astype(np.int8)
+        w[0], w[33], w[95] = 127, -127, np.where(np.arange(k) % 2, -127, 127)
+        wt = np.ascontiguousarray(w.reshape(96, k // 2, 2).transpose(1, 0, 2))
+        for kp_n in (k // 2, k // 4):
+            want = x[:, : 2 * kp_n].astype(np.int64) @ w[:, : 2 * kp_n].astype(np.int64).T
+            out = np.full((4, 96), 7, np.int32)
+            for n0 in (0, 32, 64):
+                cols(x, wt, n0, kp_n, out)
+            assert np.array_equal(out, want)
+            if kp_n == k // 2:
+                assert np.abs(want).max() == k * 16383 * 127
+    ir = "".join(cols.inspect_llvm().values())
+    assert ("llvm.x86.avx512.pmaddw.d.512" in ir) == avx512
+    assert ("llvm.x86.avx2.pmadd.wd" in ir) == (not avx512)
+
+
 def test_avx2_hosts_compile_the_multiply_add():
     """Where the host has AVX2, the linear kernels' dot products compile to vpmaddwd (the speed
     this module exists for; the scalar loop compiled to vpmulld)."""
