@@ -141,14 +141,17 @@ def _compile_keys():
     return keys
 
 
-@pytest.mark.parametrize("avx2", [True, False], ids=["avx2-intrinsic", "generic-ir"])
-def test_key_blocks_equal_int64_numpy(avx2, monkeypatch):
+@pytest.mark.parametrize("form", list(FORMS))
+def test_key_blocks_equal_int64_numpy(form, monkeypatch):
     """keys_dot2 / keys_dot1 (the attention's q.k products, keys stored as element pairs) give
     the exact int32 products for every key of the first n8 blocks of 8, at the extremes (|q| <=
-    16383, |k| <= 127) and at random, and write nothing past them."""
-    if avx2 and not simd.HAS_AVX2:
-        pytest.skip("the host CPU has no AVX2")
+    16383, |k| <= 127) and at random, and write nothing past them: in blocks of 16 keys and a
+    last one of 8 (AVX512BW), of 8 (AVX2), and in the portable form."""
+    avx2, avx512 = FORMS[form]
+    if (avx2 and not simd.HAS_AVX2) or (avx512 and not simd.HAS_AVX512BW):
+        pytest.skip(f"the host CPU has no {form.split('-')[0].upper()}")
     monkeypatch.setattr(simd, "HAS_AVX2", avx2)
+    monkeypatch.setattr(simd, "HAS_AVX512BW", avx512)
     keys = _compile_keys()
     rng = np.random.default_rng(5)
     for e in (2, 48, 64, 128):
@@ -163,7 +166,7 @@ def test_key_blocks_equal_int64_numpy(avx2, monkeypatch):
             want_a, want_b = k.astype(np.int64) @ qa, k.astype(np.int64) @ qb
             if i == 0:  # the largest sums the bound allows, both signs
                 assert np.abs(want_a).max() == e * 16383 * 127
-            for n8 in (1, 3, 5):
+            for n8 in (1, 2, 3, 4, 5):
                 da, db, d1 = (np.full(w + 8, 7, np.int32) for _ in range(3))
                 keys(qa, qb, kt, n8, e // 2, da, db, d1)
                 m = 8 * n8
@@ -172,6 +175,7 @@ def test_key_blocks_equal_int64_numpy(avx2, monkeypatch):
                 assert (da[m:] == 7).all() and (db[m:] == 7).all() and (d1[m:] == 7).all()
     ir = "".join(keys.inspect_llvm().values())
     assert ("llvm.x86.avx2.pmadd.wd" in ir) == avx2
+    assert ("llvm.x86.avx512.pmaddw.d.512" in ir) == avx512
 
 
 def test_key_blocks_reject_strided_keys():
@@ -185,10 +189,16 @@ def test_key_blocks_reject_strided_keys():
         keys(q, q, kt[:, :, ::2], 1, 4, d, d, d)
 
 
-def test_value_rows_pv_equal_int64_numpy():
+@pytest.mark.parametrize("avx512", [True, False])
+def test_value_rows_pv_equal_int64_numpy(avx512, monkeypatch):
     """rows_pv2 / rows_pv1 (the attention's P.V sums over a list of value rows, float64) give the
     exact integer sums at the bound's extremes (P summing to 2^16 on one row or spread, values
-    +-(2^22 - 1)), for int32 and float64 value rows, over the first 16 * e16 outputs only."""
+    +-(2^22 - 1)), for int32 and float64 value rows, over the first 16 * e16 outputs only: in
+    the AVX512 form's passes of up to four blocks of 16 (loops of full passes and every
+    remainder) and in the AVX2 form's passes of one block."""
+    if avx512 and not simd.HAS_AVX512BW:
+        pytest.skip("the host CPU has no AVX512BW")
+    monkeypatch.setattr(simd, "HAS_AVX512BW", avx512)
 
     @njit(cache=False)
     def pv(idx, m, pa, pb, v, e16, a, b, c):
@@ -197,7 +207,7 @@ def test_value_rows_pv_equal_int64_numpy():
 
     rng = np.random.default_rng(7)
     vmax = (1 << 22) - 1
-    for e in (16, 48, 20):
+    for e in (16, 48, 20, 32, 64, 80, 144, 200):
         w = 64
         v = rng.integers(-vmax, vmax + 1, (w, e))
         v[3], v[5] = vmax, -vmax
