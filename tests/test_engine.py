@@ -259,6 +259,33 @@ def test_fused_table_functions_equal_reference():
         assert torch.equal(numerics.freq_table(p, prec), numerics.freq_table_reference(p, prec))
 
 
+def test_softcap_rows_equal_reference_over_the_range():
+    """rowops.softcap_rows (float64 quotients corrected to the exact floors, in loops that
+    vectorize) gives numerics.softcap_reference's integers over the whole logit range the
+    engine allows (|l| <= LOGIT_MAX), at 0 and +-1, and next to every multiple of the cap,
+    where floor(2 |l| / cap) changes, for caps from 1 to 1000 (the config's bounds)."""
+    from lmzip import cpu_engine, rowops
+
+    rng = np.random.default_rng(11)
+    lim = cpu_engine.LOGIT_MAX
+    tables = numerics.exp_tables_np()
+    for cap in (1, 2, 7, 30, 1000):
+        near = (rng.integers(-lim // cap, lim // cap, 4000) * cap)[:, None] + np.arange(-2, 3)
+        logits = np.concatenate([rng.integers(-lim, lim + 1, 30000), near.reshape(-1),
+                                 rng.integers(-(40 << 16), 40 << 16, 30000),
+                                 [0, 1, -1, lim, -lim]])  # fmt: skip
+        logits = np.clip(logits, -lim, lim).reshape(-1, 5).astype(np.int64)
+        want = numerics.softcap_reference(torch.from_numpy(logits), cap).numpy()
+        assert np.array_equal(rowops.softcap_rows(logits, cap, *tables), want)
+        assert np.array_equal(rowops.softcap_rows_par(logits, cap, *tables), want)
+    # every value of exp30 the quotient can see: with cap 2, u = |l| runs over all of
+    # 0 .. 24 * 2^16 (beyond, exp30 is 0), both signs
+    u = np.arange(len(tables[0]) << 16, dtype=np.int64)
+    logits = np.concatenate([u, -u]).reshape(-1, 1024)
+    want = numerics.softcap_reference(torch.from_numpy(logits), 2).numpy()
+    assert np.array_equal(rowops.softcap_rows(logits, 2, *tables), want)
+
+
 def test_parallel_row_kernels_equal_serial():
     """The *_par row kernels (teacher-forced passes) give the serial kernels' integers."""
     from lmzip import rowops
