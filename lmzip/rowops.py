@@ -14,7 +14,17 @@ import numpy as np
 from numba import njit, prange
 
 from lmzip.coder import dec_symbol
-from lmzip.simd import cols_dot4, dot1x4, dot2x2, dot4x2, keys_dot1, keys_dot2, rows_pv1, rows_pv2
+from lmzip.simd import (
+    att_weights,
+    cols_dot4,
+    dot1x4,
+    dot2x2,
+    dot4x2,
+    keys_dot1,
+    keys_dot2,
+    rows_pv1,
+    rows_pv2,
+)
 
 PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
 ROW_BLOCK = 64  # rows per parallel task of the *_par row kernels
@@ -106,11 +116,9 @@ def _att_row(dots, n, gh, att, lg, pj):
     w * 2^16 (< 2^46) by s is estimated from 1 / s within 2^-36 of the true value (< 2^16), so
     one correction each way makes it floor exactly, and q * s, (q + 1) * s < 2^46 + 2 s < 2^53
     are exact too."""
-    last = att.shape[0] - 1
     g = np.float64(gh)
-    # the maximum and the sum in four interleaved parts: a float reduction in one variable
-    # runs at the latency of one add per key, as the compiler may not reorder float sums
-    # (exact here: integers below 2^53, whatever the order)
+    # the maximum in four interleaved parts: a float reduction in one variable runs at the
+    # latency of one operation per key, as the compiler may not reorder float reductions
     n4 = n & ~3
     m0 = m1 = m2 = m3 = -np.inf
     for j in range(0, n4, 4):
@@ -125,19 +133,7 @@ def _att_row(dots, n, gh, att, lg, pj):
         lg[j] = v
         m0 = max(m0, v)
     m = max(max(m0, m1), max(m2, m3))
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(0, n4, 4):
-        w0 = att[min(np.int64((m - lg[j]) * (1.0 / 256.0)), last)]
-        w1 = att[min(np.int64((m - lg[j + 1]) * (1.0 / 256.0)), last)]
-        w2 = att[min(np.int64((m - lg[j + 2]) * (1.0 / 256.0)), last)]
-        w3 = att[min(np.int64((m - lg[j + 3]) * (1.0 / 256.0)), last)]
-        lg[j], lg[j + 1], lg[j + 2], lg[j + 3] = w0, w1, w2, w3
-        s0, s1, s2, s3 = s0 + w0, s1 + w1, s2 + w2, s3 + w3
-    for j in range(n4, n):
-        w = att[min(np.int64((m - lg[j]) * (1.0 / 256.0)), last)]
-        lg[j] = w
-        s0 += w
-    s = (s0 + s1) + (s2 + s3)
+    s = att_weights(lg, n, m, att)  # ATT[min((m - l) >> 8, last)]: vector gathers
     inv = 1.0 / s
     for j in range(n):
         num = lg[j] * 65536.0

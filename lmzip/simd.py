@@ -472,6 +472,83 @@ def _rows_pv(context, builder, sig, args, nh):
     return context.get_dummy_value()
 
 
+@intrinsic
+def att_weights(typingctx, lg, n, m, att):
+    """lg[j] = att[min(floor((m - lg[j]) / 256), len(att) - 1)] for j < n, and their sum (lg
+    float64 1-D C, m >= lg[j]: integers held in float64; att the ATT table as float64): the
+    attention weights' table lookups (rowops._att_row) in vectors of 8 (AVX512) or 4 doubles
+    with gathers, the index clamped in float64 before its conversion (so it fits int32), the
+    last n mod lanes scalar. LLVM's vectorizer leaves such loops scalar (it cannot prove that
+    the stores do not alias the table). The sum is of integers below 2^53 in any order."""
+    ok = (isinstance(lg, types.Array) and lg.layout == "C" and lg.dtype == types.float64
+          and lg.ndim == 1 and isinstance(att, types.Array) and att.layout == "C"
+          and att.dtype == types.float64 and att.ndim == 1 and isinstance(n, types.Integer)
+          and isinstance(m, types.Float))  # fmt: skip
+    if not ok:
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes = 8 if HAS_AVX512BW else 4
+        vf, vi, vi32 = (ir.VectorType(t, lanes) for t in (_F64, ir.IntType(64), _I32))
+        i64 = ir.IntType(64)
+        alg, nn, mm, aatt = args
+        lp = context.make_array(signature.args[0])(context, builder, alg).data
+        ta = context.make_array(signature.args[3])(context, builder, aatt)
+        tp = ta.data
+        last = builder.sitofp(builder.sub(builder.extract_value(ta.shape, 0), ir.Constant(i64, 1)),
+                              _F64)  # fmt: skip
+        mm = context.cast(builder, mm, signature.args[2], types.float64)
+        nn = context.cast(builder, nn, signature.args[1], types.int64)
+        q = ir.Constant(_F64, 1.0 / 256.0)
+
+        def splat(x, vt):
+            one = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+            return builder.shuffle_vector(one, one, ir.Constant(vi32, [0] * lanes))
+
+        ptr_t = ir.VectorType(_F64.as_pointer(), lanes)
+        mask_t = ir.VectorType(ir.IntType(1), lanes)
+        gather = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vf, [ptr_t, _I32, mask_t, vf]),
+            f"llvm.masked.gather.v{lanes}f64.v{lanes}p0f64",
+        )  # fmt: skip
+        vmin = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vf, [vf, vf]), f"llvm.minnum.v{lanes}f64"
+        )
+        vm, vlast, vq = splat(mm, vf), splat(last, vf), splat(q, vf)
+        tbase, eight = splat(builder.ptrtoint(tp, i64), vi), splat(ir.Constant(i64, 8), vi)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(vf, None))
+        builder.store(ir.Constant(vf, None), acc)
+        nv = builder.sdiv(nn, ir.Constant(i64, lanes))
+        with cgutils.for_range(builder, nv) as loop:
+            first = builder.mul(loop.index, ir.Constant(i64, lanes))
+            p = builder.bitcast(builder.gep(lp, [first]), vf.as_pointer())
+            d = builder.call(vmin, [builder.fmul(builder.fsub(vm, builder.load(p, align=8)), vq),
+                                    vlast])  # fmt: skip
+            idx = builder.sext(builder.fptosi(d, vi32), vi)
+            ptrs = builder.inttoptr(builder.add(tbase, builder.mul(idx, eight)), ptr_t)
+            w = builder.call(gather, [ptrs, ir.Constant(_I32, 8),
+                                      ir.Constant(mask_t, [1] * lanes), ir.Constant(vf, None)])  # fmt: skip
+            builder.store(w, p, align=8)
+            builder.store(builder.fadd(builder.load(acc), w), acc)
+        v = builder.load(acc)
+        total = builder.extract_element(v, ir.Constant(_I32, 0))
+        for i in range(1, lanes):
+            total = builder.fadd(total, builder.extract_element(v, ir.Constant(_I32, i)))
+        tot = cgutils.alloca_once_value(builder, total)
+        builder.store(total, tot)
+        done = builder.mul(nv, ir.Constant(i64, lanes))
+        with cgutils.for_range(builder, builder.sub(nn, done)) as loop:
+            pj = builder.gep(lp, [builder.add(done, loop.index)])
+            d = builder.fmul(builder.fsub(mm, builder.load(pj)), q)
+            d = builder.select(builder.fcmp_ordered("<", d, last), d, last)
+            w = builder.load(builder.gep(tp, [builder.sext(builder.fptosi(d, _I32), i64)]))
+            builder.store(w, pj)
+            builder.store(builder.fadd(builder.load(tot), w), tot)
+        return builder.load(tot)
+
+    return types.float64(lg, n, m, att), codegen
+
+
 def _pv_ok(idx, ps, v, outs) -> bool:
     """int64 1-D C row list, float64 1-D C weights and outputs, int32 2-D C value rows."""
 

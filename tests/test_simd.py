@@ -229,3 +229,38 @@ def test_value_rows_pv_equal_int64_numpy(avx512, monkeypatch):
                 assert (a[k:] == 0.5).all() and (b[k:] == 0.5).all() and (c[k:] == 0.5).all()
                 if 3 in rows:
                     assert want_a[0] == vmax << 16
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_att_weights_gather_the_table(avx512, monkeypatch):
+    """att_weights (the attention weights' table lookups with vector gathers) writes
+    ATT[min(floor((m - l) / 256), last)] over every l and returns their sum: for every count
+    of rows around the vector width (the scalar tail), for differences far past the table's end
+    (clamped before the conversion to int32), in the AVX512 form (8 lanes) and the 4-lane one."""
+    from lmzip.tables import att_exp_np
+
+    if avx512 and not simd.HAS_AVX512BW:
+        pytest.skip("the host CPU has no AVX512BW")
+    monkeypatch.setattr(simd, "HAS_AVX512BW", avx512)
+
+    @njit(cache=False)
+    def weights(lg, n, m, att):
+        return simd.att_weights(lg, n, m, att)
+
+    att = att_exp_np().astype(np.float64)
+    rng = np.random.default_rng(13)
+    for n in (0, 1, 3, 4, 5, 8, 9, 17, 300):
+        lg = np.concatenate([rng.integers(-(1 << 21), 1 << 12, n), rng.integers(0, 9, 7)])
+        lg[: n // 3] -= 1 << 45  # a third far below the maximum: past the table
+        lg = lg.astype(np.float64)
+        m = float(lg[:n].max(initial=0.0))
+        want = lg.copy()
+        want[:n] = att[np.minimum((m - lg[:n]).astype(np.int64) >> 8, len(att) - 1)]
+        got = lg.copy()
+        total = weights(got, n, m, att)
+        assert np.array_equal(got, want)  # the entries past n untouched
+        if n == 300:  # both kinds of rows were there
+            assert 0 < (want[:n] == 0).sum() < n - 100
+        assert total == want[:n].sum()
+    ir = "".join(weights.inspect_llvm().values())
+    assert f"llvm.masked.gather.v{8 if avx512 else 4}f64" in ir
