@@ -58,8 +58,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import torch
+from lmzip import cpu_env
+
+cpu_env.prefer_512_bit_vectors()  # what the CLI sets, before numba loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {  # name -> ModelConfig kwargs (over ModelConfig defaults)
@@ -109,6 +113,8 @@ def machine_info() -> dict:
         "avx512_vnni": "avx512_vnni" in flags,
         "avx_vnni": "avx_vnni" in flags,
         "amx": "amx_int8" in flags,
+        # numba's loops in 512-bit vectors (lmzip.cpu_env, as the CLI runs them)
+        "wide_vectors": cpu_env.WIDE_VECTORS in os.environ.get("NUMBA_CPU_FEATURES", ""),
     }
 
 
