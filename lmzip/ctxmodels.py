@@ -17,6 +17,8 @@ entries (12-bit probability, 4-bit count) and four candidate buckets per hash.
 import numpy as np
 from numba import njit
 
+from lmzip.simd import prefetch
+
 # Stretch domain: x = round(256 * ln(p / (1 - p))), clamped to [-XMAX, XMAX]; probabilities are
 # 16-bit (p1 in [1, 65535] means P(bit = 1) = p1 / 65536).
 XMAX = 3071
@@ -195,6 +197,24 @@ def _find_bucket(mem, head, h):
     for j in range(1, 16):
         mem[best + j] = ENTRY_INIT
     return best
+
+
+@njit(cache=True)
+def prefetch_buckets(head, mem, tok, known):
+    """After _token_begin, hint the cache with the bucket groups that every model's
+    _find_bucket will read for the token (the aligned group of the WAYS candidate buckets, 128
+    bytes) at the depths d = 0, 4, 8, ... below `known` where the lookups happen: the encoder
+    knows the whole token (known = B), the decoder only that the first lookup is at node 1
+    (known = 1, tok unused). The table's cache misses then overlap instead of coming one model
+    after another. A hint only: no value depends on it."""
+    B = head[H_B]
+    for d in range(0, min(known, B), 4):
+        node = (1 << d) | (tok >> (B - d))
+        for m in range(head[H_NM]):
+            h = _hfin(_hstep(_hstep(head[H_CTX + m], m), node))
+            group = 16 * ((h & head[H_NBMASK]) & ~(WAYS - 1))
+            prefetch(mem, group)
+            prefetch(mem, group + 32)
 
 
 @njit(cache=True)

@@ -88,6 +88,7 @@ from lmzip.ctxmodels import (
     _fill_tables,
     _token_begin,
     _token_end,
+    prefetch_buckets,
 )
 from lmzip.errors import FormatError, VersionError
 
@@ -273,6 +274,7 @@ def _encode_token(head, body, mem, hist, p, tok, cst, out, pos):
     """Code tok with LM vector p, writing at out[pos:]; returns the new pos (spec 5.2)."""
     B = head[H_B]
     _token_begin(head, body, hist, p)
+    prefetch_buckets(head, mem, tok, B)
     while head[H_D] < B:
         pf = _bit_predict(head, body, mem, hist)
         if pf < 0:
@@ -321,6 +323,7 @@ def mix_decode_token(head, body, mem, hist, cst, data, p):
     """
     B = head[H_B]
     _token_begin(head, body, hist, p)
+    prefetch_buckets(head, mem, 0, 1)
     while head[H_D] < B:
         pf = _bit_predict(head, body, mem, hist)
         if pf < 0:

@@ -226,6 +226,28 @@ def dot1x4(typingctx, x0, w, j, n16):
     return sig, codegen
 
 
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """A hint that arr[i] (1-D C array) will be read soon: llvm.prefetch (read, keep in every
+    cache level). It changes no value, only when a cache line arrives."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(i, types.Integer)):  # fmt: skip
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        idx = context.cast(builder, args[1], signature.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(a.data, [idx]), _I8.as_pointer())
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]),
+            "llvm.prefetch.p0i8",
+        )  # fmt: skip
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
+
+
 def _cols_ok(xs, wt, out) -> bool:
     """int16 2-D C rows, int8 3-D C weight pairs [K/2, N, 2], int32 2-D C outputs."""
     return (isinstance(xs, types.Array) and xs.layout == "C" and xs.dtype == types.int16

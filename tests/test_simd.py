@@ -264,3 +264,19 @@ def test_att_weights_gather_the_table(avx512, monkeypatch):
         assert total == want[:n].sum()
     ir = "".join(weights.inspect_llvm().values())
     assert f"llvm.masked.gather.v{8 if avx512 else 4}f64" in ir
+
+
+def test_prefetch_is_a_hint_only():
+    """prefetch emits llvm.prefetch for an element's address and changes nothing (the mixer's
+    encoder hints its bucket groups with it; test_vectors checks the coded bytes)."""
+
+    @njit(cache=False)
+    def touch(a):
+        for i in (0, a.shape[0] // 2, a.shape[0] - 1):
+            simd.prefetch(a, i)
+        return a.sum()
+
+    a = np.arange(1 << 12, dtype=np.uint16)
+    assert touch(a) == a.sum()
+    assert np.array_equal(a, np.arange(1 << 12, dtype=np.uint16))
+    assert "llvm.prefetch" in "".join(touch.inspect_llvm().values())
