@@ -21,9 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lmzip  # noqa: E402
 from lmzip import container, cpu_env, describe  # noqa: E402
+from lmzip.errors import LmzipError
 
 cpu_env.prefer_512_bit_vectors()  # before numba loads (lmzip.api imports it)
-from lmzip.errors import LmzipError
 
 
 class _Api:

@@ -343,10 +343,8 @@ def _keys_block_dots(context, builder, qs, kt_type, kt, n8, e2, outs):
         vk, vq, vacc, pmadd = ((_V16x8, _V16x16, _V8x32, _pmadd) if keys == 8 else
                                (_V32x8, _V32x16, _V16x32, _pmadd512))  # fmt: skip
         zero = ir.Constant(vacc, None)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in qs]
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in qs]  # zeroed here, per block
         bcast = ir.Constant(ir.VectorType(_I32, keys), [0] * keys)
-        for acc in accs:
-            builder.store(zero, acc)
         col = builder.mul(first, ir.Constant(i64, 2))
         with cgutils.for_range(builder, e2) as cl:
             p = builder.gep(base, [builder.add(builder.mul(cl.index, row), col)])
@@ -453,10 +451,8 @@ def _rows_pv(context, builder, sig, args, nh):
     def run_pass(first, nb):
         """Outputs first .. first + 16 nb - 1 (first: an i64 value) over all m rows."""
         nv = 16 * nb // lanes
+        # (alloca_once_value stores the zeros here: each pass starts from them)
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(nh)]
-        for ah in accs:
-            for a in ah:
-                builder.store(zero, a)
         c0 = builder.mul(first, ir.Constant(i64, esz))
         with cgutils.for_range(builder, context.cast(builder, m, tys[1], types.int64)) as it:
             j = builder.load(builder.gep(idx, [it.index]))
@@ -539,7 +535,6 @@ def att_weights(typingctx, lg, n, m, att):
         vm, vlast, vq = splat(mm, vf), splat(last, vf), splat(q, vf)
         tbase, eight = splat(builder.ptrtoint(tp, i64), vi), splat(ir.Constant(i64, 8), vi)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vf, None))
-        builder.store(ir.Constant(vf, None), acc)
         nv = builder.sdiv(nn, ir.Constant(i64, lanes))
         with cgutils.for_range(builder, nv) as loop:
             first = builder.mul(loop.index, ir.Constant(i64, lanes))
@@ -557,7 +552,6 @@ def att_weights(typingctx, lg, n, m, att):
         for i in range(1, lanes):
             total = builder.fadd(total, builder.extract_element(v, ir.Constant(_I32, i)))
         tot = cgutils.alloca_once_value(builder, total)
-        builder.store(total, tot)
         done = builder.mul(nv, ir.Constant(i64, lanes))
         with cgutils.for_range(builder, builder.sub(nn, done)) as loop:
             pj = builder.gep(lp, [builder.add(done, loop.index)])
