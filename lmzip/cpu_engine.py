@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmzip import rowops, simd
+from lmzip import cpu_env, rowops, simd
 from lmzip.config import ModelConfig
 from lmzip.container import ModelFile
 from lmzip.errors import FormatError, VersionError
@@ -42,16 +42,17 @@ def q24(values: np.ndarray, what: str, limit: int) -> np.ndarray:
     return v.astype(np.int64)
 
 
-def _linear_selftest(kernel, k_mid: int = 1031, n: int = 9, counts=(1, 2)) -> bool:
+def _linear_selftest(kernel, k_mid: int = 1031, n: int = 9, counts=(1, 2), reps: int = 1) -> bool:
     """Adversarial rows (every product at its extreme, one sign and alternating) and random ones
     through `kernel` (linear_i16's arguments, weights [N, K]), against int64 numpy, at the
     largest K the engine accepts (k_mid: the largest for 8-bit weights, or an even one), with n
-    weight rows and the row counts `counts` and all seven."""
+    weight rows and the row counts `counts` and all seven rows (`reps` times over)."""
     rng = np.random.default_rng(99)
     for k, qmax in ((192, 127), (k_mid, 127), (4226, 31)):
         a = np.stack([np.full(k, 16383), np.full(k, -16383),
                       np.where(np.arange(k) % 2, 16383, -16383)]
                      + list(rng.integers(-16383, 16384, (4, k)))).astype(np.int64)  # fmt: skip
+        a = np.concatenate([a] * reps)
         w = rng.integers(-qmax, qmax + 1, (n, k)).astype(np.int8)
         w[0], w[1], w[n - 1] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
         a_scale = np.full(len(a), 1 << 16, np.int64)
@@ -101,6 +102,37 @@ def pairs_linear_ok() -> bool:
 def pairs_par_ok() -> bool:
     """The same for rowops.linear_pairs_par, at its first use (passes of many rows)."""
     return _pairs_selftest(rowops.linear_pairs_par)
+
+
+@functools.cache
+def amx_ready() -> bool:
+    """Whether numba compiles the AMX tile kernels for this CPU (simd.HAS_AMX) and the OS granted
+    this process the tile state (cpu_env.request_amx)."""
+    return simd.HAS_AMX and cpu_env.request_amx()
+
+
+def _tiles_selftest(kernel) -> bool:
+    """_linear_selftest of a kernel on AMX tiles (rowops.tile_cols): K from 192 (three tiles) to
+    4226 (padded), 64 outputs (two groups of 32), one row, 17 (a padded second block of 16)
+    and 42 (two parallel blocks); False where the tiles cannot run (amx_ready)."""
+
+    def tiles(a, w, *rest):
+        return kernel(a, rowops.tile_cols(w), *rest)
+
+    return amx_ready() and _linear_selftest(tiles, k_mid=1030, n=64, counts=(1, 17), reps=6)
+
+
+@functools.cache
+def tiles_linear_ok() -> bool:
+    """Start-up self-test of rowops.linear_tiles (the passes' linears on CPUs with AMX); where it
+    fails or the tiles cannot run, the passes use the weight pairs or linear_i16."""
+    return _tiles_selftest(rowops.linear_tiles)
+
+
+@functools.cache
+def tiles_par_ok() -> bool:
+    """The same for rowops.linear_tiles_par, at its first use (passes of many rows)."""
+    return _tiles_selftest(rowops.linear_tiles_par)
 
 
 @dataclass
@@ -251,14 +283,20 @@ class CpuEngine:
         tail = (t.sqd, t.sqe, self.e, self.cap, *self.exp,
                 np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))  # fmt: skip
         self._stacked = tuple(args), tail
-        # the passes' linears as weight pairs (rowops.linear_pairs) where the CPU has AVX2: a
-        # second copy of every weight matrix whose shape allows it (K even, N % 32 == 0)
-        self._pairs = {}
-        if simd.HAS_AVX2:
-            for lin in [t.emb] + [lay[n] for lay in t.layers for n in LINEARS]:
-                nn, kk = lin.w.shape
-                if kk % 2 == 0 and nn % 32 == 0:
-                    self._pairs[id(lin)] = rowops.pair_cols(lin.w)
+        # the passes' linears in AMX tiles (rowops.linear_tiles) where the CPU has them, else as
+        # weight pairs (rowops.linear_pairs) where it has AVX2: a second copy of every weight
+        # matrix whose shape allows it (N % 32 == 0; for pairs also K even), made at first use
+        self._copies: dict = {}
+
+    def _copy(self, lin: Linear, tiles: bool) -> np.ndarray | None:
+        """lin's weights as AMX tiles or as pairs (None where the shape does not allow it)."""
+        key = (id(lin), tiles)
+        if key not in self._copies:
+            nn, kk = lin.w.shape
+            ok = nn % 32 == 0 and (tiles or kk % 2 == 0)
+            make = rowops.tile_cols if tiles else rowops.pair_cols
+            self._copies[key] = make(lin.w) if ok else None
+        return self._copies[key]
 
     # -- the decoding step (rowops.step_all: the whole step in one compiled call) -----------------
     def step_all_ok(self) -> bool:
@@ -280,7 +318,13 @@ class CpuEngine:
 
     # -- the teacher-forced pass ---------------------------------------------------------------
     def _linear(self, lin: Linear, a, s, frac: int, lim: int = I64_MAX) -> np.ndarray:
-        wt = self._pairs.get(id(lin))
+        big = a.shape[0] > rowops.PAR_ROWS
+        if a.shape[0] >= 16 and tiles_linear_ok():
+            wt = self._copy(lin, tiles=True)
+            if wt is not None and (not big or tiles_par_ok()):
+                kernel = rowops.linear_tiles_par if big else rowops.linear_tiles
+                return kernel(a, wt, s, lin.ws, 32 - frac, -lim, lim)
+        wt = self._copy(lin, tiles=False) if simd.HAS_AVX2 else None
         if wt is not None and a.shape[0] >= 4 and pairs_linear_ok():
             big = a.shape[0] > rowops.PAR_ROWS and pairs_par_ok()
             kernel = rowops.linear_pairs_par if big else rowops.linear_pairs

@@ -24,6 +24,7 @@ from lmzip.simd import (
     keys_dot2,
     rows_pv1,
     rows_pv2,
+    tile_rows16,
 )
 
 PAR_ROWS = 16  # rows above which callers use the *_par kernels (same integers, numba's threads)
@@ -433,6 +434,62 @@ def linear_pairs(a, wt, a_scale, ws, shift, lo, hi):
     return out
 
 
+def tile_cols(w: np.ndarray) -> np.ndarray:
+    """int8 weights [N, K] (N a multiple of 32) -> AMX tiles [N/16, KP/64, 16, 64] (KP: K
+    rounded up to 64, zero columns added), tile [nb, kb] row i holding w[16 nb + c, 64 kb + 4 i
+    + j] at byte 4 c + j: the layout of simd.tile_rows16 (linear_tiles)."""
+    n, k = w.shape
+    kp = -(-k // 64) * 64
+    wp = np.zeros((n, kp), np.int8)
+    wp[:, :k] = w
+    t = wp.reshape(n // 16, 16, kp // 64, 16, 4).transpose(0, 2, 3, 1, 4)
+    return np.ascontiguousarray(t).reshape(n // 16, kp // 64, 16, 64)
+
+
+@njit(cache=True, inline="always")
+def _tiles_block(a, wt, a_scale, ws, shift, lo, hi, out, r0, r1, xh, xl, ch, cl):
+    """Rows r0..r1-1 of linear_tiles, 16 at a time (scratch: xh int8 and xl uint8 [16, KP]
+    with zero columns from K on, ch and cl int32 [16, N]): each row split into its signed high
+    and unsigned low bytes (a = 256 hi + lo), the two tile products, then the rescaling of
+    256 ch + cl. A last block of fewer rows is padded with zero rows."""
+    k = a.shape[1]
+    n = ch.shape[1]
+    for b0 in range(r0, r1, 16):
+        rows = min(16, r1 - b0)
+        for i in range(16):
+            if i < rows:
+                for c in range(k):
+                    v = a[b0 + i, c]
+                    xh[i, c] = v >> 8
+                    xl[i, c] = v & 255
+            else:
+                for c in range(k):
+                    xh[i, c] = 0
+                    xl[i, c] = 0
+        tile_rows16(xh, xl, wt, ch, cl)
+        for i in range(rows):
+            for j in range(n):  # in int32: the exact sum is below 2^31 (wrapping partial terms)
+                ch[i, j] = (ch[i, j] << 8) + cl[i, j]
+            _epilogue_row(ch[i], a_scale[b0 + i], ws, shift, lo, hi, out, b0 + i)
+
+
+@njit(cache=True, nogil=True)
+def linear_tiles(a, wt, a_scale, ws, shift, lo, hi):
+    """linear_i16 in AMX tiles (wt = tile_cols(w); CPUs where simd.HAS_AMX and the OS granted
+    the tile state: the caller checks): the same integers (exact int32 sums, the same bound
+    K * 16383 * max|w| < 2^31)."""
+    m, k = a.shape
+    n = wt.shape[0] * 16
+    kp = wt.shape[1] * 64
+    out = np.empty((m, n), np.int64)
+    xh = np.zeros((16, kp), np.int8)
+    xl = np.zeros((16, kp), np.uint8)
+    ch = np.empty((16, n), np.int32)
+    cl = np.empty((16, n), np.int32)
+    _tiles_block(a, wt, a_scale, ws, shift, lo, hi, out, 0, m, xh, xl, ch, cl)
+    return out
+
+
 LINEAR_BLOCK = 32  # rows per parallel task of linear_i16_par
 
 
@@ -464,6 +521,26 @@ def linear_pairs_par(a, wt, a_scale, ws, shift, lo, hi):
         bs = np.empty((4, n), np.int32)
         r0 = b * LINEAR_BLOCK
         _pairs_block(a, wt, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK), xs, bs)
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def linear_tiles_par(a, wt, a_scale, ws, shift, lo, hi):
+    """linear_tiles with blocks of LINEAR_BLOCK rows (a multiple of 16) on numba's threads; every
+    output is computed by the same code whatever the split, so the result is identical."""
+    m, k = a.shape
+    n = wt.shape[0] * 16
+    kp = wt.shape[1] * 64
+    out = np.empty((m, n), np.int64)
+    nb = (m + LINEAR_BLOCK - 1) // LINEAR_BLOCK
+    for b in prange(nb):
+        xh = np.zeros((16, kp), np.int8)
+        xl = np.zeros((16, kp), np.uint8)
+        ch = np.empty((16, n), np.int32)
+        cl = np.empty((16, n), np.int32)
+        r0 = b * LINEAR_BLOCK
+        _tiles_block(a, wt, a_scale, ws, shift, lo, hi, out, r0, min(m, r0 + LINEAR_BLOCK),
+                     xh, xl, ch, cl)  # fmt: skip
     return out
 
 

@@ -52,6 +52,10 @@ HAS_AVX2 = _target_has_avx2()
 # from the multiply-add and the sum) in the linears' dot products: twice the products per
 # instruction of the AVX2 form on CPUs that have them
 HAS_AVX512BW = HAS_AVX2 and _target_has("avx512bw")
+# AMX tiles with int8 dot products (Sapphire Rapids and later Xeons): tile_rows16, the passes'
+# linears. The code exists where numba compiles for such a CPU; it runs only where the OS also
+# grants the process the tile state (cpu_env.request_amx), which the engine checks first.
+HAS_AMX = _target_has("amx-tile") and _target_has("amx-int8")
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _V16x8 = ir.VectorType(_I8, 16)
@@ -602,3 +606,88 @@ def rows_pv1(typingctx, idx, m, pa, v, e16, acca):
         return _rows_pv(context, builder, signature, args, 1)
 
     return types.none(idx, m, pa, v, e16, acca), codegen
+
+
+def _tiles_ok(xh, xl, wt, ch, cl) -> bool:
+    """int8 / uint8 2-D C planes [16, KP], int8 4-D C weight tiles [N/16, KP/64, 16, 64], int32
+    2-D C outputs [16, N]."""
+
+    def arr(a, dts, nd):
+        return isinstance(a, types.Array) and a.layout == "C" and a.dtype in dts and a.ndim == nd
+
+    i8 = (types.int8, types.uint8)
+    return (arr(xh, i8, 2) and arr(xl, i8, 2) and arr(wt, (types.int8,), 4)
+            and arr(ch, (types.int32,), 2) and arr(cl, (types.int32,), 2))  # fmt: skip
+
+
+@intrinsic
+def tile_rows16(typingctx, xh, xl, wt, ch, cl):
+    """ch[r, n] = sum_k xh[r, k] * w[n, k] and cl[r, n] = sum_k xl[r, k] * w[n, k] for r < 16
+    and every n, as int32, in AMX tiles (HAS_AMX CPUs, after cpu_env.request_amx): xh signed
+    and xl unsigned bytes [16, KP] (KP a multiple of 64), the weights w [N, KP] (N a multiple
+    of 32) as tiles wt[nb, kb] = the 16 x 64 bytes with wt[nb, kb, i, 4 c + j] = w[16 nb + c,
+    64 kb + 4 i + j] (rowops.tile_cols), each tile one contiguous kilobyte. Per 32 outputs:
+    two accumulator tiles for xh (tdpbssd, signed x signed) and two for xl (tdpbusd, unsigned x
+    signed) over the k tiles, stored to ch / cl. A linear's int16 rows x = 256 hi + lo (hi
+    signed, lo unsigned bytes) give x . w = 256 (hi . w) + (lo . w): exact, every sum an integer
+    below 2^31 in magnitude (|hi| <= 64, lo <= 255, the callers' bound on K * max|w|)."""
+    if not (HAS_AMX and _tiles_ok(xh, xl, wt, ch, cl)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        p8, i64 = _I8.as_pointer(), ir.IntType(64)
+        h, lo_, w, c1, c2 = (context.make_array(t)(context, builder, a)
+                             for t, a in zip(signature.args, args))  # fmt: skip
+        xrow = builder.extract_value(h.strides, 0)
+        kt = builder.extract_value(w.shape, 1)
+        crow = builder.extract_value(c1.strides, 0)
+        hb, lb, wb, c1b, c2b = (builder.bitcast(a.data, p8) for a in (h, lo_, w, c1, c2))
+
+        def fn(name, argtys):
+            return cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), argtys), name
+            )
+
+        # the tile configuration: palette 1, tiles 0-7 of 16 rows x 64 bytes
+        cfg_t = ir.ArrayType(_I8, 64)
+        cfg = cgutils.alloca_once(builder, cfg_t)
+        cfg.align = 64
+        cfg_bytes = [0] * 64
+        cfg_bytes[0] = 1
+        for t in range(8):
+            cfg_bytes[16 + 2 * t] = 64
+            cfg_bytes[48 + t] = 16
+        builder.store(ir.Constant(cfg_t, cfg_bytes), cfg)
+        builder.call(fn("llvm.x86.ldtilecfg", [p8]), [builder.bitcast(cfg, p8)])
+        load, store = (fn(f"llvm.x86.{n}", [_I8, p8, i64]) for n in ("tileloadd64", "tilestored64"))
+        zero = fn("llvm.x86.tilezero", [_I8])
+        ss, us = (fn(f"llvm.x86.{n}", [_I8, _I8, _I8]) for n in ("tdpbssd", "tdpbusd"))
+
+        def t(i):
+            return ir.Constant(_I8, i)
+
+        c64, tile = ir.Constant(i64, 64), ir.Constant(i64, 1024)
+        col = builder.mul(kt, tile)  # bytes per 16 outputs
+        pairs = builder.udiv(builder.extract_value(w.shape, 0), ir.Constant(i64, 2))
+        with cgutils.for_range(builder, pairs) as nl:  # 32 outputs: accumulators 0-1 (xh), 2-3
+            for i in range(4):
+                builder.call(zero, [t(i)])
+            w0 = builder.gep(wb, [builder.mul(nl.index, builder.add(col, col))])
+            w1 = builder.gep(w0, [col])
+            with cgutils.for_range(builder, kt) as kl:
+                kb = builder.mul(kl.index, tile)
+                builder.call(load, [t(6), builder.gep(w0, [kb]), c64])
+                builder.call(load, [t(7), builder.gep(w1, [kb]), c64])
+                k0 = builder.mul(kl.index, c64)
+                builder.call(load, [t(4), builder.gep(hb, [k0]), xrow])
+                builder.call(load, [t(5), builder.gep(lb, [k0]), xrow])
+                for acc, a, b, op in ((0, 4, 6, ss), (1, 4, 7, ss), (2, 5, 6, us), (3, 5, 7, us)):
+                    builder.call(op, [t(acc), t(a), t(b)])
+            o = builder.mul(nl.index, ir.Constant(i64, 128))
+            o2 = builder.add(o, c64)
+            for acc, base, off in ((0, c1b, o), (1, c1b, o2), (2, c2b, o), (3, c2b, o2)):
+                builder.call(store, [t(acc), builder.gep(base, [off]), crow])
+        builder.call(fn("llvm.x86.tilerelease", []), [])
+        return context.get_dummy_value()
+
+    return types.none(xh, xl, wt, ch, cl), codegen

@@ -391,6 +391,66 @@ def test_pairs_selftest_failure_falls_back(shaped_mf, monkeypatch):
     assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
 
 
+@pytest.mark.parametrize("k,qmax", [(2, 127), (192, 31), (1030, 127), (4226, 31)])
+def test_linear_tiles_exact_at_the_extremes(k, qmax):
+    """rowops.linear_tiles and linear_tiles_par (the passes' linears in AMX tiles: rows split
+    into signed high and unsigned low bytes, weights padded to whole tiles of 64 along k) give
+    linear_i16's integers, also where every product has the largest magnitude (one sign,
+    alternating) and where the low bytes are at their largest, for row counts below, at and
+    past blocks of 16 and parallel blocks, and several groups of 32 outputs."""
+    from lmzip import cpu_engine, engine, rowops
+
+    if not cpu_engine.amx_ready():
+        pytest.skip("no AMX tiles here (CPU, numba's target or the OS)")
+    assert cpu_engine.tiles_linear_ok() and cpu_engine.tiles_par_ok()
+    rng = np.random.default_rng(k + 2)
+    rows = [np.full(k, 16383), np.full(k, -16383), np.where(np.arange(k) % 2, 16383, -16383),
+            np.full(k, 255), np.full(k, -16129), rng.integers(-16383, 16384, k)]  # fmt: skip
+    a = np.stack(rows * 12 + rows[:3]).astype(np.int64)  # 75 rows: three parallel blocks
+    w = rng.integers(-qmax, qmax + 1, (96, k)).astype(np.int8)
+    w[0], w[40], w[95] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
+    a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
+    ws = rng.integers(0, 1 << 24, len(w)).astype(np.int64)
+    assert np.abs(a @ w.astype(np.int64).T).max() == k * engine.AQ * qmax
+    wt = rowops.tile_cols(w)
+    assert wt.shape == (6, -(-k // 64), 16, 64)
+    for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
+        for m in (1, 15, 16, 17, 33, len(a)):
+            want = rowops.linear_i16(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
+            got = rowops.linear_tiles(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
+            assert np.array_equal(got, want)
+            got = rowops.linear_tiles_par(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
+            assert np.array_equal(got, want)
+
+
+def test_tile_cols_layout():
+    """rowops.tile_cols: tile [nb, kb] row i holds w[16 nb + c, 64 kb + 4 i + j] at byte 4 c + j,
+    zeros past K (the layout simd.tile_rows16 reads)."""
+    from lmzip import rowops
+
+    w = np.random.default_rng(3).integers(-127, 128, (64, 100)).astype(np.int8)
+    t = rowops.tile_cols(w)
+    assert t.shape == (4, 2, 16, 64) and t.dtype == np.int8
+    for nb, kb, i, c, j in [(0, 0, 0, 0, 0), (1, 0, 3, 5, 2), (3, 1, 8, 15, 3), (2, 1, 15, 7, 1)]:
+        kk = 64 * kb + 4 * i + j
+        assert t[nb, kb, i, 4 * c + j] == (w[16 * nb + c, kk] if kk < 100 else 0)
+
+
+def test_tiles_selftest_failure_falls_back(shaped_mf, monkeypatch):
+    """Where rowops.linear_tiles fails its start-up self-test or the tiles cannot run
+    (cpu_engine.tiles_linear_ok), the CPU engine's passes use the weight pairs or linear_i16,
+    with the same integers; and without the pairs too."""
+    from lmzip import cpu_engine
+
+    tables = cpu_engine.build_tables(shaped_mf)
+    w = _windows(2, tables.cfg.seq_len, tables.cfg.vocab_size, seed=31).numpy()
+    want = cpu_engine.CpuEngine(tables).forward_np(w)
+    monkeypatch.setattr(cpu_engine, "tiles_linear_ok", lambda: False)
+    assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
+    monkeypatch.setattr(cpu_engine, "pairs_linear_ok", lambda: False)
+    assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
+
+
 def test_decode_lm_row_decodes_what_the_table_rule_encoded():
     """rowops.decode_lm_row (frequency table + cumulative table + range decoder in one call, the
     --lm-only decoding loop) inverts coder.encode_symbols over numerics.freq_table's tables."""
@@ -480,14 +540,15 @@ def test_cpu_engine_equals_torch_engine(shaped_mf):
     tables = build_tables(mf)
     assert CpuEngine.supports(tables)
     cpu, ref = CpuEngine(tables), Engine(mf, fused=False)
-    from lmzip import simd
+    from lmzip import cpu_engine, simd
 
-    # the passes' linears as weight pairs where the CPU allows it (every shape here has some:
-    # the logit head, N = vocab 512 and K = d_model even)
-    assert bool(cpu._pairs) == simd.HAS_AVX2
     w = _windows(3, cpu.window, cpu.vocab_size, seed=23)
     want = ref.forward(w)
     assert np.array_equal(cpu.forward_np(w.numpy()), want.numpy())
+    # the passes' linears in AMX tiles, else as weight pairs where the CPU allows it (every
+    # shape here has some: the logit head, N = vocab 512 and K = d_model even)
+    made = {tiles for (_, tiles), c in cpu._copies.items() if c is not None}
+    assert made == ({True} if cpu_engine.amx_ready() else {False} if simd.HAS_AVX2 else set())
     assert np.array_equal(cpu.forward_np(w[:1, :12].numpy()), want[:1, :12].numpy())  # few rows
     assert np.array_equal(cpu.probs_np(w.numpy()), numerics.lm_probs_reference(want).numpy())
     sc, sr = cpu.new_state(3), ref.new_state(3)
