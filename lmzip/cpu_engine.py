@@ -31,6 +31,7 @@ V_MAX = (1 << 22) - 1  # v clamp, Q10
 LOGIT_MAX = (1 << 26) - 1  # logit clamp, Q16 (|l| < 1024)
 I64_MAX = (1 << 63) - 1
 SCALE_MAX = 1 << 27  # weight scales must be <= 8 (Q24): |t * WS| < 2^35 * 2^27 < 2^63
+TILES_ATT_MIN = 64  # windows from which the passes' attention runs in AMX tiles (shorter: no gain)
 LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down")
 
 
@@ -133,6 +134,32 @@ def tiles_linear_ok() -> bool:
 def tiles_par_ok() -> bool:
     """The same for rowops.linear_tiles_par, at its first use (passes of many rows)."""
     return _tiles_selftest(rowops.linear_tiles_par)
+
+
+@functools.cache
+def tiles_attention_ok() -> bool:
+    """Start-up self-test of rowops.attend_fwd_tiles (the passes' attention on CPUs with AMX)
+    against rowops.attend_fwd: windows of 100 positions (blocks of 16 and a partial one), E =
+    48 and 64, value rows at both ends of their range, queries whose weight falls on one key
+    (P = 2^16) and flat ones. Where it fails or the tiles cannot run, the passes use
+    attend_fwd."""
+    if not amx_ready():
+        return False
+    rng = np.random.default_rng(7)
+    att = att_exp_np().astype(np.float64)
+    for e, h, kv in ((48, 4, 2), (64, 2, 2)):
+        t_n, nw = 100, 2
+        q = rng.integers(-127, 128, (nw * t_n, h, e)).astype(np.int8)
+        k = rng.integers(-127, 128, (nw * t_n, kv, e)).astype(np.int8)
+        q[::3] = 0  # flat rows: every key the same weight
+        k[5::7] = q[5::7, :kv]  # sharp rows: one key far above the rest
+        v = rng.integers(-V_MAX, V_MAX + 1, (nw * t_n, kv * e)).astype(np.int64)
+        v[::2, ::3], v[1::2, ::3] = V_MAX, -V_MAX
+        gain = np.array([1 << 20, 1 << 26, 1 << 30, 3 << 24][:h], np.int64)
+        want = rowops.attend_fwd(q, k, v, t_n, gain, att)
+        if not np.array_equal(rowops.attend_fwd_tiles(q, k, v, t_n, gain, att), want):
+            return False
+    return True
 
 
 @dataclass
@@ -365,7 +392,9 @@ class CpuEngine:
             q = self._qk(self._linear(lay["attn.q"], a, s, 12), pos)
             k = self._qk(self._linear(lay["attn.k"], a, s, 12), pos)
             v = self._linear(lay["attn.v"], a, s, 10, V_MAX)
-            y = rowops.attend_fwd(q, k, v, t, lay["gain"], self.att)
+            tiles = t >= TILES_ATT_MIN and self.e % 16 == 0 and tiles_attention_ok()
+            attend = rowops.attend_fwd_tiles if tiles else rowops.attend_fwd
+            y = attend(q, k, v, t, lay["gain"], self.att)
             a, s = self._row(rowops.absquant, rowops.absquant_par, y, 14, AQ)
             x = rowops.add_clamp(x, self._linear(lay["attn.o"], a, s, 12), RES_MAX)
             a, s = self._normquant(x)

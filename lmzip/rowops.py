@@ -24,6 +24,9 @@ from lmzip.simd import (
     keys_dot2,
     rows_pv1,
     rows_pv2,
+    tile_dots,
+    tile_pv,
+    tile_pv_signed,
     tile_rows16,
 )
 
@@ -478,7 +481,7 @@ def linear_tiles(a, wt, a_scale, ws, shift, lo, hi):
     """linear_i16 in AMX tiles (wt = tile_cols(w); CPUs where simd.HAS_AMX and the OS granted
     the tile state: the caller checks): the same integers (exact int32 sums, the same bound
     K * 16383 * max|w| < 2^31)."""
-    m, k = a.shape
+    m = a.shape[0]
     n = wt.shape[0] * 16
     kp = wt.shape[1] * 64
     out = np.empty((m, n), np.int64)
@@ -528,7 +531,7 @@ def linear_pairs_par(a, wt, a_scale, ws, shift, lo, hi):
 def linear_tiles_par(a, wt, a_scale, ws, shift, lo, hi):
     """linear_tiles with blocks of LINEAR_BLOCK rows (a multiple of 16) on numba's threads; every
     output is computed by the same code whatever the split, so the result is identical."""
-    m, k = a.shape
+    m = a.shape[0]
     n = wt.shape[0] * 16
     kp = wt.shape[1] * 64
     out = np.empty((m, n), np.int64)
@@ -1006,6 +1009,106 @@ def attend_fwd(q, k, v, t_n, gain, att):
                 vals[j, c] = np.int32(v[base + j, kh * e + c])
         for t in range(t_n):
             _attend_kv(q, base + t, kh, g, keys, vals, t + 1, gain, att, scratch, out, base + t)
+    return out
+
+
+@njit(cache=True, inline="always")
+def _tile_att_query_block(q, v, base, t0, rows, h, kh, e, gain, att, kt, vt0, vt1, vt2, qp, dots,
+                          lg, pj, p0, p1, s6, out):  # fmt: skip
+    """Queries t0 .. t0 + rows - 1 (rows <= 16) of head h in the window at row `base`
+    (attend_fwd_tiles' scratch): their q.k products in tiles, each query's probabilities
+    (_att_row), split into low and high bytes, and the six byte products of P.V in tiles."""
+    for i in range(rows):
+        for c in range(e):
+            qp[i, c] = q[base + t0 + i, h, c]
+    n_g = (t0 + rows + 15) // 16  # key groups of 16 the block sees
+    n_kt = (t0 + rows + 63) // 64  # key tiles of 64
+    tile_dots(qp, kt, n_g, dots)
+    special = np.full(16, -1, np.int64)
+    for i in range(rows):
+        n = t0 + i + 1
+        _att_row(dots[i], n, gain[h], att, lg, pj)
+        top = np.int64(0)
+        for j in range(n):
+            pv = np.int64(pj[j])
+            p0[i, j] = pv & 255
+            p1[i, j] = (pv >> 8) & 255
+            top = max(top, pv)
+        for j in range(n, 64 * n_kt):
+            p0[i, j] = 0
+            p1[i, j] = 0
+        if top == 65536:  # one key has all the weight (the others 0): its bytes are 0 above
+            for j in range(n):
+                if pj[j] == 65536.0:
+                    special[i] = j
+    tile_pv(p0, p1, vt0, n_kt, s6[0], s6[1])
+    tile_pv(p0, p1, vt1, n_kt, s6[2], s6[3])
+    tile_pv_signed(p0, p1, vt2, n_kt, s6[4], s6[5])
+    for i in range(rows):
+        o = out[base + t0 + i, h * e : (h + 1) * e]
+        if special[i] >= 0:  # rs(2^16 v, 16) = v
+            o[:] = v[base + special[i], kh * e : (kh + 1) * e]
+            continue
+        a0, a1, a2, a3, a4, a5 = s6[0, i], s6[1, i], s6[2, i], s6[3, i], s6[4, i], s6[5, i]
+        for c in range(e):
+            acc = (np.int64(a0[c]) + ((np.int64(a2[c]) + np.int64(a1[c])) << 8)
+                   + ((np.int64(a3[c]) + np.int64(a4[c])) << 16)
+                   + (np.int64(a5[c]) << 24))  # fmt: skip
+            o[c] = _rs(acc, 16)
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def attend_fwd_tiles(q, k, v, t_n, gain, att):
+    """attend_fwd in AMX tiles (simd.HAS_AMX CPUs where the OS granted the tile state: the
+    caller checks; E a multiple of 16): the same integers. Per (window, KV head): the keys as
+    tiles of 16 keys (simd.tile_dots), the value rows as three byte planes in tiles of 64 keys
+    (v = 2^16 v2 + 2^8 v1 + v0, v0 and v1 unsigned, v2 signed: |v| < 2^22); per head, blocks
+    of 16 queries: their q.k products in tiles, each query's probabilities as in attend_fwd
+    (_att_row, P in Q16), P = 2^8 p1 + p0 in unsigned bytes (a P of 2^16, one key with all the
+    weight, gives that key's value row directly), and sum P v = sum over the six byte pairs of
+    2^(8a + 8b) pa . vb, each an exact int32 sum (< 255^2 * 2^16), combined in int64 (the
+    exact sum < 2^38) and rounded as attend_fwd rounds it."""
+    rows, h_n, e = q.shape
+    kv_n = k.shape[1]
+    g = h_n // kv_n
+    ke = (e + 63) // 64
+    n_groups = (t_n + 15) // 16
+    n_tiles = (t_n + 63) // 64
+    out = np.empty((rows, h_n * e), np.int64)
+    for pair in prange((rows // t_n) * kv_n):
+        w, kh = pair // kv_n, pair % kv_n
+        base = w * t_n
+        kt = np.zeros((n_groups, ke, 16, 64), np.int8)
+        vt0 = np.zeros((e // 16, n_tiles, 16, 64), np.uint8)
+        vt1 = np.zeros((e // 16, n_tiles, 16, 64), np.uint8)
+        vt2 = np.zeros((e // 16, n_tiles, 16, 64), np.int8)
+        kw = kt.view(np.int32)  # [G, KE, 16, 16]: 4 elements of a key per word
+        for j in range(t_n):
+            kr = k[base + j, kh].view(np.int32)
+            for c4 in range(e // 4):
+                kw[j >> 4, c4 >> 4, c4 & 15, j & 15] = kr[c4]
+        for j4 in range(0, t_n, 4):  # one 64-byte row of each value tile: 4 keys x 16 columns
+            for cg in range(e // 16):
+                r0, r1, r2 = (vt0[cg, j4 >> 6, (j4 & 63) >> 2], vt1[cg, j4 >> 6, (j4 & 63) >> 2],
+                              vt2[cg, j4 >> 6, (j4 & 63) >> 2])  # fmt: skip
+                for jj in range(min(4, t_n - j4)):
+                    vr = v[base + j4 + jj, kh * e + 16 * cg : kh * e + 16 * cg + 16]
+                    for c in range(16):
+                        x = vr[c]
+                        r0[4 * c + jj] = x & 255
+                        r1[4 * c + jj] = (x >> 8) & 255
+                        r2[4 * c + jj] = x >> 16
+        qp = np.zeros((16, 64 * ke), np.int8)
+        dots = np.empty((16, 16 * n_groups), np.int32)
+        lg = np.empty(t_n, np.float64)
+        pj = np.empty(t_n, np.float64)
+        p0 = np.zeros((16, 64 * n_tiles), np.uint8)
+        p1 = np.zeros((16, 64 * n_tiles), np.uint8)
+        s6 = np.empty((6, 16, e), np.int32)
+        for h in range(kh * g, kh * g + g):
+            for t0 in range(0, t_n, 16):
+                _tile_att_query_block(q, v, base, t0, min(16, t_n - t0), h, kh, e, gain, att, kt,
+                                      vt0, vt1, vt2, qp, dots, lg, pj, p0, p1, s6, out)  # fmt: skip
     return out
 
 

@@ -608,86 +608,162 @@ def rows_pv1(typingctx, idx, m, pa, v, e16, acca):
     return types.none(idx, m, pa, v, e16, acca), codegen
 
 
-def _tiles_ok(xh, xl, wt, ch, cl) -> bool:
-    """int8 / uint8 2-D C planes [16, KP], int8 4-D C weight tiles [N/16, KP/64, 16, 64], int32
-    2-D C outputs [16, N]."""
+def _tiles_ok(planes, wt, outs) -> bool:
+    """int8 / uint8 2-D C planes, an int8 / uint8 4-D C array of tiles, int32 2-D C outputs."""
 
     def arr(a, dts, nd):
         return isinstance(a, types.Array) and a.layout == "C" and a.dtype in dts and a.ndim == nd
 
     i8 = (types.int8, types.uint8)
-    return (arr(xh, i8, 2) and arr(xl, i8, 2) and arr(wt, (types.int8,), 4)
-            and arr(ch, (types.int32,), 2) and arr(cl, (types.int32,), 2))  # fmt: skip
+    return (HAS_AMX and all(arr(p, i8, 2) for p in planes) and arr(wt, i8, 4)
+            and all(arr(o, (types.int32,), 2) for o in outs))  # fmt: skip
+
+
+def _tile_products(context, builder, planes, wt, n_kt, outs, ops, groups=None):
+    """The AMX loop of the tile kernels: for each plane p (up to two: tile registers 4, 5; its
+    rows of 64-byte k steps, at most 16 rows) and each group g of 16 columns of wt (int8 [G,
+    KT, 16, 64]: wt[g, kb] one tile of 16 rows of 4 k values x 16 columns, kb < n_kt <= KT),
+    outs[p][r, 16 g + c] = the int32 sum over k < 64 n_kt of plane[r, k] * w[16 g + c, k], by
+    the tile operation ops[p] (tdpbssd: signed x signed; tdpbusd: unsigned x signed; tdpbuud:
+    unsigned x unsigned), for the groups g < G (or < `groups`). Two groups at a time (tiles 6, 7 hold their weights; accumulators
+    0-3), a last odd one alone. Integer sums below 2^31 (the callers' bounds): exact."""
+    p8, i64 = _I8.as_pointer(), ir.IntType(64)
+    pl = [context.make_array(t)(context, builder, a) for t, a in planes]
+    w = context.make_array(wt[0])(context, builder, wt[1])
+    os_ = [context.make_array(t)(context, builder, a) for t, a in outs]
+    xrow = builder.extract_value(pl[0].strides, 0)
+    crow = builder.extract_value(os_[0].strides, 0)
+    xb = [builder.bitcast(a.data, p8) for a in pl]
+    ob = [builder.bitcast(a.data, p8) for a in os_]
+    wb = builder.bitcast(w.data, p8)
+    if groups is None:
+        groups = builder.extract_value(w.shape, 0)
+
+    def fn(name, argtys):
+        return cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), argtys), name
+        )
+
+    # the tile configuration: palette 1, tiles 0-7 of 16 rows x 64 bytes
+    cfg_t = ir.ArrayType(_I8, 64)
+    cfg = cgutils.alloca_once(builder, cfg_t)
+    cfg.align = 64
+    cfg_bytes = [0] * 64
+    cfg_bytes[0] = 1
+    for t in range(8):
+        cfg_bytes[16 + 2 * t] = 64
+        cfg_bytes[48 + t] = 16
+    builder.store(ir.Constant(cfg_t, cfg_bytes), cfg)
+    builder.call(fn("llvm.x86.ldtilecfg", [p8]), [builder.bitcast(cfg, p8)])
+    load, store = (fn(f"llvm.x86.{n}", [_I8, p8, i64]) for n in ("tileloadd64", "tilestored64"))
+    zero = fn("llvm.x86.tilezero", [_I8])
+    dps = [fn(f"llvm.x86.{op}", [_I8, _I8, _I8]) for op in ops]
+
+    def t(i):
+        return ir.Constant(_I8, i)
+
+    c64, tile = ir.Constant(i64, 64), ir.Constant(i64, 1024)
+    col = builder.mul(builder.extract_value(w.shape, 1), tile)  # bytes per group of 16
+
+    def run(g0, two):
+        gs = (0, 1) if two else (0,)
+        for p in range(len(pl)):
+            for gi in gs:
+                builder.call(zero, [t(2 * p + gi)])
+        wg = builder.gep(wb, [builder.mul(g0, col)])
+        with cgutils.for_range(builder, n_kt) as kl:
+            kb = builder.mul(kl.index, tile)
+            k0 = builder.mul(kl.index, c64)
+            # each load just before the first product that reads it (the order of Intel's
+            # optimization manual: the loads overlap the products before them)
+            for p in range(len(pl)):
+                builder.call(load, [t(4 + p), builder.gep(xb[p], [k0]), xrow])
+                for gi in gs:
+                    if p == 0:
+                        builder.call(load, [t(6 + gi), builder.gep(wg, [builder.add(kb, builder.mul(
+                            ir.Constant(i64, gi), col))]), c64])  # fmt: skip
+                    builder.call(dps[p], [t(2 * p + gi), t(4 + p), t(6 + gi)])
+        o = builder.mul(g0, c64)
+        for p in range(len(pl)):
+            for gi in gs:
+                dst = builder.gep(ob[p], [builder.add(o, ir.Constant(i64, 64 * gi))])
+                builder.call(store, [t(2 * p + gi), dst, crow])
+
+    with cgutils.for_range(builder, builder.udiv(groups, ir.Constant(i64, 2))) as gl:
+        run(builder.mul(gl.index, ir.Constant(i64, 2)), True)
+    with builder.if_then(builder.trunc(groups, ir.IntType(1))):
+        run(builder.sub(groups, ir.Constant(i64, 1)), False)
+    builder.call(fn("llvm.x86.tilerelease", []), [])
 
 
 @intrinsic
 def tile_rows16(typingctx, xh, xl, wt, ch, cl):
     """ch[r, n] = sum_k xh[r, k] * w[n, k] and cl[r, n] = sum_k xl[r, k] * w[n, k] for r < 16
     and every n, as int32, in AMX tiles (HAS_AMX CPUs, after cpu_env.request_amx): xh signed
-    and xl unsigned bytes [16, KP] (KP a multiple of 64), the weights w [N, KP] (N a multiple
-    of 32) as tiles wt[nb, kb] = the 16 x 64 bytes with wt[nb, kb, i, 4 c + j] = w[16 nb + c,
-    64 kb + 4 i + j] (rowops.tile_cols), each tile one contiguous kilobyte. Per 32 outputs:
-    two accumulator tiles for xh (tdpbssd, signed x signed) and two for xl (tdpbusd, unsigned x
-    signed) over the k tiles, stored to ch / cl. A linear's int16 rows x = 256 hi + lo (hi
-    signed, lo unsigned bytes) give x . w = 256 (hi . w) + (lo . w): exact, every sum an integer
-    below 2^31 in magnitude (|hi| <= 64, lo <= 255, the callers' bound on K * max|w|)."""
-    if not (HAS_AMX and _tiles_ok(xh, xl, wt, ch, cl)):
+    and xl unsigned bytes [16, KP] (KP a multiple of 64), the weights w [N, KP] as tiles
+    wt[nb, kb] = the 16 x 64 bytes with wt[nb, kb, i, 4 c + j] = w[16 nb + c, 64 kb + 4 i + j]
+    (rowops.tile_cols), each tile one contiguous kilobyte. A linear's int16 rows x = 256 hi +
+    lo (hi signed, lo unsigned bytes) give x . w = 256 (hi . w) + (lo . w): exact, every sum
+    an integer below 2^31 in magnitude (|hi| <= 64, lo <= 255, the callers' bound on K *
+    max|w|)."""
+    if not _tiles_ok([xh, xl], wt, [ch, cl]):
         return None
 
     def codegen(context, builder, signature, args):
-        p8, i64 = _I8.as_pointer(), ir.IntType(64)
-        h, lo_, w, c1, c2 = (context.make_array(t)(context, builder, a)
-                             for t, a in zip(signature.args, args))  # fmt: skip
-        xrow = builder.extract_value(h.strides, 0)
-        kt = builder.extract_value(w.shape, 1)
-        crow = builder.extract_value(c1.strides, 0)
-        hb, lb, wb, c1b, c2b = (builder.bitcast(a.data, p8) for a in (h, lo_, w, c1, c2))
-
-        def fn(name, argtys):
-            return cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), argtys), name
-            )
-
-        # the tile configuration: palette 1, tiles 0-7 of 16 rows x 64 bytes
-        cfg_t = ir.ArrayType(_I8, 64)
-        cfg = cgutils.alloca_once(builder, cfg_t)
-        cfg.align = 64
-        cfg_bytes = [0] * 64
-        cfg_bytes[0] = 1
-        for t in range(8):
-            cfg_bytes[16 + 2 * t] = 64
-            cfg_bytes[48 + t] = 16
-        builder.store(ir.Constant(cfg_t, cfg_bytes), cfg)
-        builder.call(fn("llvm.x86.ldtilecfg", [p8]), [builder.bitcast(cfg, p8)])
-        load, store = (fn(f"llvm.x86.{n}", [_I8, p8, i64]) for n in ("tileloadd64", "tilestored64"))
-        zero = fn("llvm.x86.tilezero", [_I8])
-        ss, us = (fn(f"llvm.x86.{n}", [_I8, _I8, _I8]) for n in ("tdpbssd", "tdpbusd"))
-
-        def t(i):
-            return ir.Constant(_I8, i)
-
-        c64, tile = ir.Constant(i64, 64), ir.Constant(i64, 1024)
-        col = builder.mul(kt, tile)  # bytes per 16 outputs
-        pairs = builder.udiv(builder.extract_value(w.shape, 0), ir.Constant(i64, 2))
-        with cgutils.for_range(builder, pairs) as nl:  # 32 outputs: accumulators 0-1 (xh), 2-3
-            for i in range(4):
-                builder.call(zero, [t(i)])
-            w0 = builder.gep(wb, [builder.mul(nl.index, builder.add(col, col))])
-            w1 = builder.gep(w0, [col])
-            with cgutils.for_range(builder, kt) as kl:
-                kb = builder.mul(kl.index, tile)
-                builder.call(load, [t(6), builder.gep(w0, [kb]), c64])
-                builder.call(load, [t(7), builder.gep(w1, [kb]), c64])
-                k0 = builder.mul(kl.index, c64)
-                builder.call(load, [t(4), builder.gep(hb, [k0]), xrow])
-                builder.call(load, [t(5), builder.gep(lb, [k0]), xrow])
-                for acc, a, b, op in ((0, 4, 6, ss), (1, 4, 7, ss), (2, 5, 6, us), (3, 5, 7, us)):
-                    builder.call(op, [t(acc), t(a), t(b)])
-            o = builder.mul(nl.index, ir.Constant(i64, 128))
-            o2 = builder.add(o, c64)
-            for acc, base, off in ((0, c1b, o), (1, c1b, o2), (2, c2b, o), (3, c2b, o2)):
-                builder.call(store, [t(acc), builder.gep(base, [off]), crow])
-        builder.call(fn("llvm.x86.tilerelease", []), [])
+        ty = signature.args
+        n_kt = builder.extract_value(context.make_array(ty[2])(context, builder, args[2]).shape, 1)
+        _tile_products(context, builder, [(ty[0], args[0]), (ty[1], args[1])], (ty[2], args[2]),
+                       n_kt, [(ty[3], args[3]), (ty[4], args[4])], ("tdpbssd", "tdpbusd"))  # fmt: skip
         return context.get_dummy_value()
 
     return types.none(xh, xl, wt, ch, cl), codegen
+
+
+@intrinsic
+def tile_dots(typingctx, q, kt, n_g, out):
+    """out[r, j] = sum_e q[r, e] * key_j[e] (signed bytes) for r < 16 and the keys of the
+    groups g < n_g of kt (int8 [G, KE, 16, 64]: kt[g, kb, i, 4 c + j] = element 64 kb + 4 i +
+    j of key 16 g + c), as int32: q int8 [16, 64 KE], out int32 [16, >= 16 n_g]. The
+    attention's q.k products (|sum| < 2^22)."""
+    if not (_tiles_ok([q], kt, [out]) and isinstance(n_g, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        n_kt = builder.extract_value(context.make_array(ty[1])(context, builder, args[1]).shape, 1)
+        _tile_products(context, builder, [(ty[0], args[0])], (ty[1], args[1]), n_kt,
+                       [(ty[3], args[3])], ("tdpbssd",),
+                       context.cast(builder, args[2], ty[2], types.int64))  # fmt: skip
+        return context.get_dummy_value()
+
+    return types.none(q, kt, n_g, out), codegen
+
+
+def _pv_codegen(op):
+    def codegen(context, builder, signature, args):
+        ty = signature.args
+        n_kt = context.cast(builder, args[3], ty[3], types.int64)
+        _tile_products(context, builder, [(ty[0], args[0]), (ty[1], args[1])], (ty[2], args[2]),
+                       n_kt, [(ty[4], args[4]), (ty[5], args[5])], (op, op))  # fmt: skip
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def tile_pv(typingctx, p0, p1, vt, n_kt, c0, c1):
+    """c0[r, c] = sum_j p0[r, j] * u[j, c] and c1 likewise with p1, over keys j < 64 n_kt, as
+    int32: p0, p1 unsigned bytes [16, >= 64 n_kt] (the low and high bytes of the attention's
+    probabilities), vt the tiles of one unsigned byte of the value rows (uint8 [E/16, KB, 16,
+    64]: vt[g, kb, i, 4 c + j] = u[64 kb + 4 i + j, 16 g + c]), c0, c1 int32 [16, E]."""
+    if not _tiles_ok([p0, p1], vt, [c0, c1]):
+        return None
+    return types.none(p0, p1, vt, n_kt, c0, c1), _pv_codegen("tdpbuud")
+
+
+@intrinsic
+def tile_pv_signed(typingctx, p0, p1, vt, n_kt, c0, c1):
+    """tile_pv with signed bytes in vt (the values' top byte)."""
+    if not _tiles_ok([p0, p1], vt, [c0, c1]):
+        return None
+    return types.none(p0, p1, vt, n_kt, c0, c1), _pv_codegen("tdpbusd")

@@ -216,6 +216,8 @@ def test_rejects_out_of_range_tensors(mf):
 SHAPES = {
     "h3-kv1-e20-w45": {"d_model": 60, "n_head": 3, "n_kv_head": 1, "seq_len": 45},
     "h2-kv2-e48": {"d_model": 96, "n_head": 2, "n_kv_head": 2},
+    # windows long enough for the passes' attention in AMX tiles (cpu_engine.TILES_ATT_MIN)
+    "h2-kv1-e32-w80": {"d_model": 64, "n_head": 2, "n_kv_head": 1, "seq_len": 80},
 }
 
 
@@ -423,6 +425,33 @@ def test_linear_tiles_exact_at_the_extremes(k, qmax):
             assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("t_n,h,kv,e", [(64, 4, 2, 48), (100, 2, 2, 64), (130, 8, 4, 32)])
+def test_attend_fwd_tiles_equals_attend_fwd(t_n, h, kv, e):
+    """rowops.attend_fwd_tiles (the passes' attention in AMX tiles: q.k in tiles of 16 keys,
+    P.V as six byte products) gives attend_fwd's integers: random and extreme value rows,
+    flat queries (every key the same weight), sharp ones (one key with all of it, P = 2^16),
+    windows of whole and partial blocks of 16 queries, several windows and threads."""
+    from lmzip import cpu_engine, rowops
+    from lmzip.tables import att_exp_np
+
+    if not cpu_engine.amx_ready():
+        pytest.skip("no AMX tiles here (CPU, numba's target or the OS)")
+    rng = np.random.default_rng(t_n + e)
+    att = att_exp_np().astype(np.float64)
+    nw = 3
+    q = rng.integers(-127, 128, (nw * t_n, h, e)).astype(np.int8)
+    k = rng.integers(-127, 128, (nw * t_n, kv, e)).astype(np.int8)
+    q[::4] = 0
+    k[3::5] = q[3::5, :kv]
+    v = rng.integers(-cpu_engine.V_MAX, cpu_engine.V_MAX + 1, (nw * t_n, kv * e)).astype(np.int64)
+    v[::3, ::2], v[1::3, ::2] = cpu_engine.V_MAX, -cpu_engine.V_MAX
+    gain = rng.integers(1 << 16, 1 << 30, h).astype(np.int64)
+    gain[0] = 1 << 30
+    want = rowops.attend_fwd(q, k, v, t_n, gain, att)
+    assert np.array_equal(rowops.attend_fwd_tiles(q, k, v, t_n, gain, att), want)
+    assert cpu_engine.tiles_attention_ok()
+
+
 def test_tile_cols_layout():
     """rowops.tile_cols: tile [nb, kb] row i holds w[16 nb + c, 64 kb + 4 i + j] at byte 4 c + j,
     zeros past K (the layout simd.tile_rows16 reads)."""
@@ -439,13 +468,16 @@ def test_tile_cols_layout():
 def test_tiles_selftest_failure_falls_back(shaped_mf, monkeypatch):
     """Where rowops.linear_tiles fails its start-up self-test or the tiles cannot run
     (cpu_engine.tiles_linear_ok), the CPU engine's passes use the weight pairs or linear_i16,
-    with the same integers; and without the pairs too."""
+    with the same integers; and attend_fwd where attend_fwd_tiles fails its own
+    (tiles_attention_ok); and without the pairs too."""
     from lmzip import cpu_engine
 
     tables = cpu_engine.build_tables(shaped_mf)
     w = _windows(2, tables.cfg.seq_len, tables.cfg.vocab_size, seed=31).numpy()
     want = cpu_engine.CpuEngine(tables).forward_np(w)
     monkeypatch.setattr(cpu_engine, "tiles_linear_ok", lambda: False)
+    assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
+    monkeypatch.setattr(cpu_engine, "tiles_attention_ok", lambda: False)
     assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
     monkeypatch.setattr(cpu_engine, "pairs_linear_ok", lambda: False)
     assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
