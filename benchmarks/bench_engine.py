@@ -115,7 +115,15 @@ def machine_info() -> dict:
         "amx": "amx_int8" in flags,
         # numba's loops in 512-bit vectors (lmzip.cpu_env, as the CLI runs them)
         "wide_vectors": cpu_env.WIDE_VECTORS in os.environ.get("NUMBA_CPU_FEATURES", ""),
+        # the passes' linears and attention in AMX tiles (self-tests passed here)
+        "amx_tiles": _amx_tiles(),
     }
+
+
+def _amx_tiles() -> bool:
+    from lmzip import cpu_engine
+
+    return cpu_engine.tiles_linear_ok() and cpu_engine.tiles_attention_ok()
 
 
 def versions() -> dict:
@@ -585,7 +593,8 @@ def markdown(report: dict) -> str:
         f"# Engine benchmark {report['date']}{' (quick)' if report['quick'] else ''}",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, SIMD: {simd or 'none of avx2/avx512/vnni/amx'}; "
-        f"load average before {report['load_before']}, after {report.get('load_after')}  ",
+        f"load average before {report['load_before']}, after {report.get('load_after')}; "
+        f"the passes in AMX tiles: {'yes' if m.get('amx_tiles') else 'no'}  ",
         f"Commit {report['commit']}; "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
         + "  ",
