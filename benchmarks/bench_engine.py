@@ -305,8 +305,13 @@ GROUPS = {
     "_Linear.__call__ (GEMM + glue)": "linears",
     "rowops.linear_i16": "linears",
     "rowops.linear_i16_par": "linears",
+    "rowops.linear_pairs": "linears",
+    "rowops.linear_pairs_par": "linears",
+    "rowops.linear_tiles": "linears",
+    "rowops.linear_tiles_par": "linears",
     "rowops.rescale": "linears",
     "rowops.attend_fwd": "attention",
+    "rowops.attend_fwd_tiles": "attention",
     "rowops.att_probs": "attention",
     "rowops.attend_step": "attention",
 }
