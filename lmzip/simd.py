@@ -15,6 +15,12 @@ dot2x2 and dot1x4 cover the first 16 * n16 elements of their rows; the caller ad
 one or two query rows with blocks of 8 keys stored as pairs of elements (no horizontal sums).
 rows_pv2 and rows_pv1 are the attention's P.V sums over a list of value rows, in float64 (exact:
 every product and partial sum is an integer below 2^53, the callers' bound).
+
+On CPUs with AMX (HAS_AMX, and the tile state granted by the OS: cpu_env.request_amx), the
+teacher-forced passes run in tiles of int8 dot products: tile_rows16 (the linears, each int16 row
+as a signed high and an unsigned low byte), tile_dots (q.k) and tile_pv / tile_pv_signed (P.V as
+products of bytes), all through _tile_products. Their sums are exact int32 (the callers' bounds);
+the callers combine them exactly.
 """
 
 from __future__ import annotations

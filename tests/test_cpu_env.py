@@ -43,3 +43,19 @@ def test_the_command_line_sets_it_before_numba_loads():
     want = HOST + cpu_env.WIDE_VECTORS if AVX512 else "None"
     assert set_ == want and seen == want
     assert "not a recognized feature" not in run.stderr
+
+
+def test_amx_request_matches_the_cpu_and_fails_cleanly_elsewhere(monkeypatch):
+    """request_amx asks Linux for the tile state: granted on hosts whose CPU has AMX (Linux
+    5.16 and later), refused (False, no exception) on other CPUs and other systems; the engine
+    uses the tiles only where numba also compiles for AMX (cpu_engine.amx_ready)."""
+    from lmzip import cpu_engine, simd
+
+    amx_cpu = "+amx-int8" in HOST.split(",") and "+amx-tile" in HOST.split(",")
+    granted = cpu_env.request_amx()
+    assert isinstance(granted, bool)
+    if not amx_cpu:
+        assert not granted
+    assert cpu_engine.amx_ready() == (simd.HAS_AMX and granted)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert cpu_env.request_amx() is False
