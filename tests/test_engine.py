@@ -357,7 +357,7 @@ def test_linear_pairs_exact_at_the_extremes(k, qmax):
     where every product has the largest magnitude (one sign, alternating), for every row count
     (blocks of four, a last block padded with zero rows, parallel blocks) and several blocks of
     32 outputs."""
-    from lmzip import cpu_engine, engine, rowops, simd
+    from lmzip import cpu_engine, rowops, simd
 
     if not simd.HAS_AVX2:
         pytest.skip("the host CPU has no AVX2")
@@ -366,19 +366,32 @@ def test_linear_pairs_exact_at_the_extremes(k, qmax):
     rows = [np.full(k, 16383), np.full(k, -16383), np.where(np.arange(k) % 2, 16383, -16383),
             rng.integers(-16383, 16384, k)]  # fmt: skip
     a = np.stack(rows * 18 + rows[:3]).astype(np.int64)  # 75 rows: three parallel blocks
+    _check_linear_layout(rng, a, qmax, rowops.pair_cols, rowops.linear_pairs,
+                         rowops.linear_pairs_par, (1, 3, 4, 5, 23))  # fmt: skip
+
+
+def _check_linear_layout(rng, a, qmax, layout, kernel, kernel_par, counts):
+    """kernel and kernel_par, on weights in another layout (layout(w)), give linear_i16's
+    integers for the first m rows of a (m in counts, and all), with and without the output
+    clamp: 96 weight rows, random and at +qmax, -qmax and alternating, so that every product
+    reaches its largest magnitude. -> the weights in their layout."""
+    from lmzip import engine, rowops
+
+    k = a.shape[1]
     w = rng.integers(-qmax, qmax + 1, (96, k)).astype(np.int8)
     w[0], w[40], w[95] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
     a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
     ws = rng.integers(0, 1 << 24, len(w)).astype(np.int64)
     assert np.abs(a @ w.astype(np.int64).T).max() == k * engine.AQ * qmax
-    wt = rowops.pair_cols(w)
+    wt = layout(w)
     for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
-        for m in (1, 3, 4, 5, 23, len(a)):
+        for m in (*counts, len(a)):
             want = rowops.linear_i16(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
-            got = rowops.linear_pairs(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
+            got = kernel(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
             assert np.array_equal(got, want)
-            got = rowops.linear_pairs_par(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
+            got = kernel_par(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
             assert np.array_equal(got, want)
+    return wt
 
 
 def test_pairs_selftest_failure_falls_back(shaped_mf, monkeypatch):
@@ -400,7 +413,7 @@ def test_linear_tiles_exact_at_the_extremes(k, qmax):
     linear_i16's integers, also where every product has the largest magnitude (one sign,
     alternating) and where the low bytes are at their largest, for row counts below, at and
     past blocks of 16 and parallel blocks, and several groups of 32 outputs."""
-    from lmzip import cpu_engine, engine, rowops
+    from lmzip import cpu_engine, rowops
 
     if not cpu_engine.amx_ready():
         pytest.skip("no AMX tiles here (CPU, numba's target or the OS)")
@@ -409,20 +422,9 @@ def test_linear_tiles_exact_at_the_extremes(k, qmax):
     rows = [np.full(k, 16383), np.full(k, -16383), np.where(np.arange(k) % 2, 16383, -16383),
             np.full(k, 255), np.full(k, -16129), rng.integers(-16383, 16384, k)]  # fmt: skip
     a = np.stack(rows * 12 + rows[:3]).astype(np.int64)  # 75 rows: three parallel blocks
-    w = rng.integers(-qmax, qmax + 1, (96, k)).astype(np.int8)
-    w[0], w[40], w[95] = qmax, -qmax, np.where(np.arange(k) % 2, -qmax, qmax)
-    a_scale = rng.integers(1, 1 << 24, len(a)).astype(np.int64)
-    ws = rng.integers(0, 1 << 24, len(w)).astype(np.int64)
-    assert np.abs(a @ w.astype(np.int64).T).max() == k * engine.AQ * qmax
-    wt = rowops.tile_cols(w)
+    wt = _check_linear_layout(rng, a, qmax, rowops.tile_cols, rowops.linear_tiles,
+                              rowops.linear_tiles_par, (1, 15, 16, 17, 33))  # fmt: skip
     assert wt.shape == (6, -(-k // 64), 16, 64)
-    for shift, lim in ((20, 1 << 62), (16, 1 << 20)):
-        for m in (1, 15, 16, 17, 33, len(a)):
-            want = rowops.linear_i16(a[:m], w, a_scale[:m], ws, shift, -lim, lim)
-            got = rowops.linear_tiles(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
-            assert np.array_equal(got, want)
-            got = rowops.linear_tiles_par(a[:m], wt, a_scale[:m], ws, shift, -lim, lim)
-            assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("t_n,h,kv,e", [(64, 4, 2, 48), (100, 2, 2, 64), (130, 8, 4, 32)])
