@@ -15,9 +15,10 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from lmzip import cpu_env, rowops, simd
+from lmzip import blocks, cpu_env, rowops, simd
 from lmzip.config import ModelConfig
 from lmzip.container import ModelFile
 from lmzip.errors import FormatError, VersionError
@@ -314,6 +315,9 @@ class CpuEngine:
         # weight pairs (rowops.linear_pairs) where it has AVX2: a second copy of every weight
         # matrix whose shape allows it (N % 32 == 0; for pairs also K even), made at first use
         self._copies: dict = {}
+        self._lins: dict = {}  # blocks._lin's tuples (CpuEngine._lin)
+        self._block_rows = blocks.block_rows(max((sum(lay[n].w.nbytes for n in LINEARS)
+                                                  for lay in t.layers), default=0))  # fmt: skip
 
     def _copy(self, lin: Linear, tiles: bool) -> np.ndarray | None:
         """lin's weights as AMX tiles or as pairs (None where the shape does not allow it)."""
@@ -374,14 +378,69 @@ class CpuEngine:
 
     def forward_np(self, windows: np.ndarray) -> np.ndarray:
         """windows int64 [N, T] token ids (T <= window) -> capped logits Q16 [N, T, V]; row t
-        predicts the token at t + 1. Engine._layers and _logits, kernel for kernel."""
-        t_ = self.tables
+        predicts the token at t + 1 (forward_kernels_np's integers, in lmzip.blocks' blocks)."""
+        return self._pass(windows, probs=False)
+
+    def probs_np(self, windows: np.ndarray) -> np.ndarray:
+        """forward_np, then numerics.md "probabilities": Q30 rows [N, T, V] (int64)."""
+        return self._pass(windows, probs=True)
+
+    def _lin(self, lin: Linear, par: bool) -> tuple:
+        """blocks._lin's tuple for lin: AMX tiles, else weight pairs, else linear_i16, each where
+        its self-test passed (with `par`, also on numba's threads) and the shape allows it."""
+        key = (id(lin), par)
+        if key not in self._lins:
+            _, wp, wt = blocks.placeholders()
+            kind = blocks.I16
+            tiles_ok = tiles_linear_ok() and (not par or tiles_par_ok())
+            if tiles_ok and self._copy(lin, True) is not None:
+                kind, wt = blocks.TILES, self._copy(lin, True)
+            elif (simd.HAS_AVX2 and pairs_linear_ok() and (not par or pairs_par_ok())
+                  and self._copy(lin, False) is not None):  # fmt: skip
+                kind, wp = blocks.PAIRS, self._copy(lin, False)
+            self._lins[key] = (kind, lin.w, wp, wt, lin.ws)
+        return self._lins[key]
+
+    def _embed(self, windows: np.ndarray) -> tuple:
+        """windows [N, T] -> (N, T, the embedding rows Q12 [N*T, D], their positions)."""
         n, t = windows.shape
         if t > self.window:
             raise ValueError(f"window of {t} tokens exceeds the model's {self.window}")
         tok = windows.reshape(-1)
         pos = np.tile(np.arange(t, dtype=np.int64), n)
-        x = rshift_round(t_.emb.w[tok].astype(np.int64) * t_.emb.ws[tok][:, None], 12)
+        emb = self.tables.emb
+        return n, t, rshift_round(emb.w[tok].astype(np.int64) * emb.ws[tok][:, None], 12), pos
+
+    def _pass(self, windows: np.ndarray, probs: bool) -> np.ndarray:
+        t_ = self.tables
+        n, t, x, pos = self._embed(windows)
+        rows = self._block_rows
+        par = x.shape[0] > rows and numba.get_num_threads() > 1
+        pre, post, head = ((blocks.pre_attention_par, blocks.post_attention_par, blocks.head_par)
+                           if par else (blocks.pre_attention, blocks.post_attention, blocks.head))  # fmt: skip
+        rope = (t_.cos, t_.sin, t_.sqe, self.e)
+        tiles = t >= TILES_ATT_MIN and self.e % 16 == 0 and tiles_attention_ok()
+        attend = rowops.attend_fwd_tiles if tiles else rowops.attend_fwd
+        no_skip = np.zeros((0, self.d), np.int64), np.zeros(self.d, np.int64)
+        n_enc = self.cfg.n_layer // 2
+        skips = []
+        for i, lay in enumerate(t_.layers):
+            sk, skw = (skips.pop(), t_.skip[i - n_enc]) if i >= n_enc and skips else no_skip
+            lq, lk, lv, lo, lup, ldn = (self._lin(lay[name], par) for name in LINEARS)
+            x, q, k, v = pre(x, sk, skw, pos, t_.sqd, AQ, rope, lq, lk, lv, V_MAX, rows)
+            y = attend(q, k, v, t, lay["gain"], self.att)
+            x = post(x, y, t_.sqd, AQ, lo, lup, ldn, H_MAX, rows)
+            if i < n_enc:
+                skips.append(x)
+        lemb = self._lin(t_.emb, par)
+        out = head(x, t_.sqd, AQ, lemb, LOGIT_MAX, self.cap, self.exp, probs, rows)
+        return out.reshape(n, t, -1)
+
+    def forward_kernels_np(self, windows: np.ndarray) -> np.ndarray:
+        """forward_np one kernel at a time over all rows (Engine._layers and _logits, kernel for
+        kernel): the form the blocks of lmzip.blocks are tested against."""
+        t_ = self.tables
+        n, t, x, pos = self._embed(windows)
         n_enc = self.cfg.n_layer // 2
         skips = []
         for i, lay in enumerate(t_.layers):
@@ -410,9 +469,9 @@ class CpuEngine:
                                *self.exp)  # fmt: skip
         return logits.reshape(n, t, -1)
 
-    def probs_np(self, windows: np.ndarray) -> np.ndarray:
-        """forward_np, then numerics.md "probabilities": Q30 rows [N, T, V] (int64)."""
-        capped = self.forward_np(windows)
+    def probs_kernels_np(self, windows: np.ndarray) -> np.ndarray:
+        """forward_kernels_np, then the probabilities (probs_np one kernel at a time)."""
+        capped = self.forward_kernels_np(windows)
         flat = capped.reshape(-1, capped.shape[-1])
         return self._row(rowops.probs_rows, rowops.probs_rows_par, flat, *self.exp).reshape(
             capped.shape

@@ -485,6 +485,42 @@ def test_tiles_selftest_failure_falls_back(shaped_mf, monkeypatch):
     assert np.array_equal(cpu_engine.CpuEngine(tables).forward_np(w), want)
 
 
+@pytest.mark.parametrize("rows", [7, 64])
+def test_blocks_equal_kernel_by_kernel(shaped_mf, monkeypatch, rows):
+    """The passes in blocks of rows (lmzip.blocks: the kernels between two attentions fused over
+    a block) give the integers of the same kernels run one at a time over all rows
+    (CpuEngine.forward_kernels_np), for logits and probabilities: blocks of 7 rows (a partial
+    last block in every window) and 64, serial and on two threads, with the linears in AMX
+    tiles, weight pairs and linear_i16 (whichever this CPU has), and the rule for the rows."""
+    import numba
+
+    from lmzip import blocks, cpu_engine, rowops
+
+    assert blocks.block_rows(330_000) == 64 and blocks.block_rows(1_840_000) == 128
+    tables = cpu_engine.build_tables(shaped_mf)
+    w = _windows(3, tables.cfg.seq_len, tables.cfg.vocab_size, seed=37).numpy()
+    ref = cpu_engine.CpuEngine(tables)
+    want, want_p = ref.forward_kernels_np(w), ref.probs_kernels_np(w)
+    old = numba.get_num_threads()
+    for off in (None, "tiles_linear_ok", "pairs_linear_ok"):
+        if off:
+            monkeypatch.setattr(cpu_engine, off, lambda: False)
+        for threads in (1, 2):
+            rowops.set_threads(threads)
+            try:
+                cpu = cpu_engine.CpuEngine(tables)
+                cpu._block_rows = rows
+                assert np.array_equal(cpu.forward_np(w), want)
+                assert np.array_equal(cpu.probs_np(w), want_p)
+                assert np.array_equal(cpu.forward_np(w[:1, :5]), want[:1, :5])  # one short block
+            finally:
+                rowops.set_threads(old)
+        kinds = {lin[0] for lin in cpu._lins.values()}
+        assert kinds <= {blocks.I16, blocks.PAIRS, blocks.TILES} and kinds
+        if off == "pairs_linear_ok":
+            assert kinds == {blocks.I16}
+
+
 def test_decode_lm_row_decodes_what_the_table_rule_encoded():
     """rowops.decode_lm_row (frequency table + cumulative table + range decoder in one call, the
     --lm-only decoding loop) inverts coder.encode_symbols over numerics.freq_table's tables."""
