@@ -115,6 +115,9 @@ class ModelFile:
     tensors: dict[str, QTensor]
     provenance: dict = field(default_factory=dict)
     numerics_version: int = 1
+    # model_id as decode_model verified it against the content (None for a ModelFile built in
+    # memory, and for a dataclasses.replace copy); model_id itself recomputes every time
+    verified_id: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def model_id(self) -> str:
@@ -418,6 +421,7 @@ def decode_model(blob: bytes) -> ModelFile:
     mf = ModelFile(info["config"], tokenizer, tensors, info["provenance"], h["numerics_version"])
     if mf.model_id != h["model_id"].hex():  # the canonical (dense) form, whatever the codec
         raise ChecksumError("model_id does not match the content")
+    mf.verified_id = h["model_id"].hex()
     return mf
 
 

@@ -1,5 +1,6 @@
 """Model container (.lmzm): round trips, model_id, limits, malformed input."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -54,6 +55,9 @@ def test_round_trip(tmp_path, compress):
     _same(mf, back)
     assert back.model_id == mf.model_id
     assert [p.name for p in tmp_path.iterdir()] == ["m.lmzm"]  # temp file replaced
+    # the id as verified at load (what the compressor writes), gone from a changed copy
+    assert back.verified_id == mf.model_id and mf.verified_id is None
+    assert dataclasses.replace(back, tensors={}).verified_id is None
 
 
 def test_model_id_ignores_provenance_and_codec(tmp_path):
