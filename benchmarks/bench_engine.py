@@ -15,14 +15,16 @@ self-tests, else the torch engine):
     mean is the mean over the window; tokens/s = B / mean step time;
 (c) where the time goes, coarsely:
     forward: one extra forward with every lmzip.rowops kernel the engine calls through the module
-      (linear_i16, linear_i16_par, attend_fwd, normquant, ...) and `_Linear.__call__`
-      wrapped by exclusive timers (checked to give the same logits); stages are grouped into
-      linears (the fused linear kernels and `_Linear.__call__`'s glue), attention (attend_fwd)
-      and the rest;
+      (linear_i16, linear_i16_par, attend_fwd, normquant, ...), of lmzip.blocks
+      (pre_attention, post_attention, head) and `_Linear.__call__` wrapped by exclusive timers
+      (checked to give the same logits); stages are grouped into linears (the linear kernels
+      and `_Linear.__call__`'s glue), attention (attend_fwd), blocks (the CPU engine's passes
+      fuse their linears and row kernels into lmzip.blocks' compiled calls) and the rest;
     step: `step_all` is one compiled call and cannot be wrapped, so its linears and attention
-      are timed as the same numba kernels called alone at the same shapes (linear_i16 at M = B
-      for every linear and the head; attend_step per layer at the position) and the rest is
-      the measured step minus those (an estimate: standalone calls add a dispatch each);
+      are timed as the same numba kernels called alone at the same shapes (the step's linear,
+      linear_quads where it uses it, else linear_i16, at M = B for every linear and the head;
+      attend_step per layer at the position) and the rest is the measured step minus those
+      (an estimate: standalone calls add a dispatch each);
 (d) the machine's limit: for every linear shape at the same M (forward rows, or B), the fastest
     EXACT product of a 15-bit activation with the int8 weights among
       int_mm  two torch._int_mm (hi and lo int8 halves), only if it passes lmzip.kernels'
@@ -315,19 +317,25 @@ GROUPS = {
     "rowops.att_probs": "attention",
     "rowops.attend_step": "attention",
 }
+# lmzip.blocks: a pass's linears and row kernels between two attentions, fused over blocks of
+# rows (one compiled call each, so their parts cannot be timed apart)
+GROUPS.update({f"blocks.{f}{p}": "blocks" for f in ("pre_attention", "post_attention", "head")
+               for p in ("", "_par")})  # fmt: skip
 
 
 @contextlib.contextmanager
 def instrumented(st: Stages):
-    """Wrap `_Linear.__call__` and every numba kernel of lmzip.rowops (the engine and
-    lmzip.numerics call them through the module) with stage timers; restore them after."""
+    """Wrap `_Linear.__call__` and every numba kernel of lmzip.rowops and lmzip.blocks (the
+    engines and lmzip.numerics call them through the modules) with stage timers; restore them
+    after."""
     import lmzip.engine as E
-    from lmzip import rowops
+    from lmzip import blocks, rowops
 
     targets = [(E._Linear, "__call__", "_Linear.__call__ (GEMM + glue)")]
-    for attr, v in list(vars(rowops).items()):
-        if not attr.startswith("_") and hasattr(v, "py_func"):
-            targets.append((rowops, attr, f"rowops.{attr}"))
+    for mod, prefix in ((rowops, "rowops"), (blocks, "blocks")):
+        for attr, v in list(vars(mod).items()):
+            if not attr.startswith("_") and hasattr(v, "py_func"):
+                targets.append((mod, attr, f"{prefix}.{attr}"))
     saved = []
     for obj, attr, name in targets:
         raw = obj.__dict__[attr]
@@ -374,18 +382,22 @@ def step_breakdown(eng, b: int, p: int, step_s: float, runs: int) -> dict:
     g = np.random.default_rng(7)
     lin_s = 0.0
     by = {}
-    for name in LINEARS:
-        lay = eng.layers[0]
-        w, ws = lay[name].w_rows, lay[name].ws_np
+    quads = eng._stacked is not None and eng._stacked[1][-1]  # the step's linears: linear_quads
+
+    def linear(w, ws, shift):
         a = g.integers(-16383, 16384, (b, w.shape[1])).astype(np.int64)
         s = g.integers(1 << 20, 1 << 22, b).astype(np.int64)
-        t = per_call(lambda: rowops.linear_i16(a, w, s, ws, 20, -(1 << 40), 1 << 40), runs)
-        by[name] = t * len(eng.layers)
+        if quads:
+            wq, wsum = rowops.quad_cols(w)
+            return per_call(lambda: rowops.linear_quads(a, wq, wsum, s, ws, shift, -(1 << 40),
+                                                        1 << 40), runs)  # fmt: skip
+        return per_call(lambda: rowops.linear_i16(a, w, s, ws, shift, -(1 << 40), 1 << 40), runs)
+
+    for name in LINEARS:
+        lay = eng.layers[0]
+        by[name] = linear(lay[name].w_rows, lay[name].ws_np, 20) * len(eng.layers)
         lin_s += by[name]
-    w, ws = eng.emb.w_rows, eng.emb.ws_np
-    a = g.integers(-16383, 16384, (b, w.shape[1])).astype(np.int64)
-    s = g.integers(1 << 20, 1 << 22, b).astype(np.int64)
-    by["head"] = per_call(lambda: rowops.linear_i16(a, w, s, ws, 16, -(1 << 40), 1 << 40), runs)
+    by["head"] = linear(eng.emb.w_rows, eng.emb.ws_np, 16)
     lin_s += by["head"]
     state = eng.new_state(b)
     kc = state.k[0].numpy()
@@ -664,8 +676,8 @@ def markdown(report: dict) -> str:
                 "attention the same numba kernels timed alone (rest = the difference, negative "
                 "where the standalone calls cost more than inside step_all).",
                 "",
-                "| path | total CPU ms | linears | attention | rest |",
-                "|---|---|---|---|---|",
+                "| path | total CPU ms | linears | attention | blocks | rest |",
+                "|---|---|---|---|---|---|",
             ]
             items = [(f"forward {r['forward']['tokens']} tokens (wrapped kernels)", fb)]
             if "forward_f32_forced_breakdown" in r:
@@ -676,7 +688,7 @@ def markdown(report: dict) -> str:
                 tot, gr = part["total_s"], part["groups_s"]
                 cells = [
                     f"{1e3 * gr.get(k, 0.0):.2f} ms ({100 * gr.get(k, 0.0) / tot:.0f}%)"
-                    for k in ("linears", "attention", "rest")
+                    for k in ("linears", "attention", "blocks", "rest")
                 ]
                 lines.append(f"| {label} | {1e3 * tot:.2f} | " + " | ".join(cells) + " |")
             lines += ["", "Forward stages (exclusive):", ""]

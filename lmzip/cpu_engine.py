@@ -107,6 +107,20 @@ def pairs_par_ok() -> bool:
 
 
 @functools.cache
+def quads_linear_ok() -> bool:
+    """Start-up self-test of rowops.linear_quads (the decoding step's linears in byte dot
+    products, on CPUs with AVX512-VNNI: simd.HAS_VNNI512), at its first use; where it fails or
+    the CPU lacks them, the step uses linear_i16."""
+    if not simd.HAS_VNNI512:
+        return False
+
+    def quads(a, w, *rest):
+        return rowops.linear_quads(a, *rowops.quad_cols(w), *rest)
+
+    return _linear_selftest(quads, n=48)
+
+
+@functools.cache
 def amx_ready() -> bool:
     """Whether numba compiles the AMX tile kernels for this CPU (simd.HAS_AMX) and the OS granted
     this process the tile state (cpu_env.request_amx)."""
@@ -161,6 +175,10 @@ def tiles_attention_ok() -> bool:
         if not np.array_equal(rowops.attend_fwd_tiles(q, k, v, t_n, gain, att), want):
             return False
     return True
+
+
+# linear_quads' arrays where the step does not use them: one layer's quads and row sums
+_NO_QUADS = np.zeros((1, 1, 64), np.int8), np.zeros(16, np.int64)
 
 
 @dataclass
@@ -311,6 +329,7 @@ class CpuEngine:
         tail = (t.sqd, t.sqe, self.e, self.cap, *self.exp,
                 np.array([RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ], np.int64))  # fmt: skip
         self._stacked = tuple(args), tail
+        self._step_args: tuple | None = None  # step_all_args, with the quads made at first use
         # the passes' linears in AMX tiles (rowops.linear_tiles) where the CPU has them, else as
         # weight pairs (rowops.linear_pairs) where it has AVX2: a second copy of every weight
         # matrix whose shape allows it (N % 32 == 0; for pairs also K even), made at first use
@@ -334,8 +353,23 @@ class CpuEngine:
         return True
 
     def step_all_args(self) -> tuple:
-        """(args, tail): rowops.step_all(tokens, pos, *args, k_np, v_np, *tail) is one step."""
-        return self._stacked
+        """(args, tail): rowops.step_all(tokens, pos, *args, k_np, v_np, *tail) is one step. The
+        step's linears run in rowops.linear_quads where the CPU has AVX512-VNNI, its self-test
+        passed and every output count is a multiple of 16 (the weights' quads, a second copy
+        made here, at the first step), else in linear_i16."""
+        if self._step_args is None:
+            args, tail = self._stacked
+            stacks = [args[i] for i in range(2, 14, 2)]  # q, k, v, o, up, down: [L, N, K]
+            emb = args[0]  # [V, D]
+            outs = [w.shape[1] for w in stacks] + [emb.shape[0]]
+            use = quads_linear_ok() and all(n % 16 == 0 for n in outs)
+            quads: list = []
+            for w in stacks:
+                made = [rowops.quad_cols(m) for m in w] if use else [_NO_QUADS]
+                quads += [np.stack([q for q, _ in made]), np.stack([r for _, r in made])]
+            quads += rowops.quad_cols(emb) if use else _NO_QUADS
+            self._step_args = args, (*tail, *quads, use)
+        return self._step_args
 
     def new_state(self, batch: int) -> CpuState:
         n = len(self.tables.layers)
@@ -344,7 +378,7 @@ class CpuEngine:
 
     def step_np(self, state: CpuState, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Stream b reads tokens[b] at position pos[b] -> capped logits Q16 [B, V] (int64)."""
-        args, tail = self._stacked
+        args, tail = self.step_all_args()
         return rowops.step_all(tokens, pos, *args, state.k_np, state.v_np, *tail)
 
     # -- the teacher-forced pass ---------------------------------------------------------------
@@ -416,8 +450,10 @@ class CpuEngine:
         n, t, x, pos = self._embed(windows)
         rows = self._block_rows
         par = x.shape[0] > rows and numba.get_num_threads() > 1
-        pre, post, head = ((blocks.pre_attention_par, blocks.post_attention_par, blocks.head_par)
-                           if par else (blocks.pre_attention, blocks.post_attention, blocks.head))  # fmt: skip
+        if par:
+            pre, post, head = blocks.pre_attention_par, blocks.post_attention_par, blocks.head_par
+        else:
+            pre, post, head = blocks.pre_attention, blocks.post_attention, blocks.head
         rope = (t_.cos, t_.sin, t_.sqe, self.e)
         tiles = t >= TILES_ATT_MIN and self.e % 16 == 0 and tiles_attention_ok()
         attend = rowops.attend_fwd_tiles if tiles else rowops.attend_fwd

@@ -22,6 +22,8 @@ from lmzip.simd import (
     dot4x2,
     keys_dot1,
     keys_dot2,
+    quads_dot1,
+    quads_dot2,
     rows_pv1,
     rows_pv2,
     tile_dots,
@@ -434,6 +436,54 @@ def linear_pairs(a, wt, a_scale, ws, shift, lo, hi):
     xs = np.zeros((4, k), np.int16)
     bs = np.empty((4, n), np.int32)
     _pairs_block(a, wt, a_scale, ws, shift, lo, hi, out, 0, m, xs, bs)
+    return out
+
+
+def quad_cols(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights [N, K] (N a multiple of 16) -> (their groups of 16 outputs as quads along k,
+    [N/16, K4, 64] with zero columns from K on; the sums of each weight row, int64 [N]): the
+    layout of linear_quads (simd.quads_dot1)."""
+    n, k = w.shape
+    k4 = -(-k // 4)
+    wp = np.zeros((n, 4 * k4), np.int8)
+    wp[:, :k] = w
+    wq = wp.reshape(n // 16, 16, k4, 4).transpose(0, 2, 1, 3).reshape(n // 16, k4, 64)
+    return np.ascontiguousarray(wq), w.astype(np.int64).sum(axis=1)
+
+
+@njit(cache=True, nogil=True)
+def linear_quads(a, wq, wsum, a_scale, ws, shift, lo, hi):
+    """linear_i16 in byte dot products (simd.quads_dot2 and quads_dot1, HAS_VNNI512 CPUs: the
+    caller checks; (wq, wsum) = quad_cols(w)), two rows at a time: the decoding step's
+    linears, with no horizontal sums. Each row a (|a| <= 16383) splits into a low byte l and a
+    high part h (a = 256 h + l, -64 <= h < 64), and a . w = 256 ((h + 64) . w) + l . w - 2^14
+    sum(w): the two byte sums are exact int32 (below 255 * 127 * K < 2^31), and the exact
+    result also fits int32 (the bound K * 16383 * max|w| < 2^31), so the int32 wrap of their
+    combination is undone by reducing the int64 difference to int32. The same integers as
+    linear_i16."""
+    m, k = a.shape
+    n16, k4n, _ = wq.shape
+    n = 16 * n16
+    out = np.empty((m, n), np.int64)
+    xl = np.zeros((2, 4 * k4n), np.uint8)
+    xh = np.zeros((2, 4 * k4n), np.uint8)  # padding 0: the padded weights are 0
+    acc = np.empty((2, n), np.int32)
+    for r0 in range(0, m, 2):
+        rows = min(2, m - r0)
+        for i in range(rows):
+            for c in range(k):
+                v = a[r0 + i, c]
+                xl[i, c] = v & 255
+                xh[i, c] = (v >> 8) + 64
+        if rows == 2:
+            quads_dot2(xl, xh, wq, acc)
+        else:
+            quads_dot1(xl, xh, wq, acc)
+        for i in range(rows):
+            s = a_scale[r0 + i]
+            for j in range(n):
+                t = np.int64(np.int32(np.int64(acc[i, j]) - (wsum[j] << 14)))
+                out[r0 + i, j] = _epilogue(t, s, ws[j], shift, lo, hi)
     return out
 
 
@@ -1138,14 +1188,27 @@ def attend_step(q, kc, vc, pos, gain, att):
     return out
 
 
+@njit(cache=True, inline="always")
+def _step_linear(a, w, wq, wsum, use_quads, a_scale, ws, shift, lo, hi):
+    """A linear of the decoding step: linear_quads where use_quads, else linear_i16."""
+    if use_quads:
+        return linear_quads(a, wq, wsum, a_scale, ws, shift, lo, hi)
+    return linear_i16(a, w, a_scale, ws, shift, lo, hi)
+
+
 @njit(cache=True, nogil=True)
 def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup, wsup, wdn,
-             wsdn, gains, skip, cos, sin, att, kc, vc, sqd, sqe, e, cap, tn, ta, tb, lims):
+             wsdn, gains, skip, cos, sin, att, kc, vc, sqd, sqe, e, cap, tn, ta, tb, lims,
+             q4q, q4sq, q4k, q4sk, q4v, q4sv, q4o, q4so, q4up, q4sup, q4dn, q4sdn, q4emb, q4semb,
+             use_quads):  # fmt: skip
     """One whole incremental step (engine.Engine.step) in a single compiled call: no per-op
     dispatch. Weights are stacked per layer for linear_i16 ([L, out, in] int8; emb_w [V, D]
     serves the lookup and the logits; scales [L, out] Q24), caches
     kc int8 [L, B, K, E/2, key_cols(W), 2] and vc int32 [L, B, K, W, E] (attend_step); lims = (RES_MAX, H_MAX, V_MAX, LOGIT_MAX, AQ).
-    Composes exactly the row kernels above, in the order of Engine._layers and _logits."""
+    Composes exactly the row kernels above, in the order of Engine._layers and _logits. With
+    use_quads the linears run in linear_quads on the q4* arrays: quad_cols of each stack and of
+    emb_w, and their row sums ([L, N/16, K4, 64] and [L, N] for the layers; separate arguments,
+    as numba's parallel loops take no tuples of arrays)."""
     res_max, h_max, v_max, logit_max, aq = lims[0], lims[1], lims[2], lims[3], lims[4]
     big = np.int64(9223372036854775807)
     b_n = tokens.shape[0]
@@ -1168,9 +1231,11 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
                     v = x[b, c] + _rs(skips[ns, b, c] * skip[i - n_enc, c], 24)
                     x[b, c] = min(max(v, -res_max), res_max)
         a, s = normquant(x, sqd, aq)
-        q = qk_rows(linear_i16(a, wq[i], s, wsq[i], 20, -big, big), pos, cos, sin, sqe, e)
-        k = qk_rows(linear_i16(a, wk[i], s, wsk[i], 20, -big, big), pos, cos, sin, sqe, e)
-        vv = linear_i16(a, wv[i], s, wsv[i], 22, -v_max, v_max)
+        y = _step_linear(a, wq[i], q4q[i], q4sq[i], use_quads, s, wsq[i], 20, -big, big)
+        q = qk_rows(y, pos, cos, sin, sqe, e)
+        y = _step_linear(a, wk[i], q4k[i], q4sk[i], use_quads, s, wsk[i], 20, -big, big)
+        k = qk_rows(y, pos, cos, sin, sqe, e)
+        vv = _step_linear(a, wv[i], q4v[i], q4sv[i], use_quads, s, wsv[i], 22, -v_max, v_max)
         for b in range(b_n):
             p = pos[b]
             for h in range(kv_n):
@@ -1179,14 +1244,14 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
                     vc[i, b, h, p, c] = np.int32(vv[b, h * e + c])
         y = attend_step(q, kc[i], vc[i], pos, gains[i], att)
         a, s = absquant(y, 14, aq)
-        o = linear_i16(a, wo[i], s, wso[i], 20, -big, big)
+        o = _step_linear(a, wo[i], q4o[i], q4so[i], use_quads, s, wso[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
                 x[b, c] = min(max(x[b, c] + o[b, c], -res_max), res_max)
         a, s = normquant(x, sqd, aq)
-        hid = linear_i16(a, wup[i], s, wsup[i], 20, -h_max, h_max)
+        hid = _step_linear(a, wup[i], q4up[i], q4sup[i], use_quads, s, wsup[i], 20, -h_max, h_max)
         a, s = relu2_absquant(hid, 0, aq)
-        dn = linear_i16(a, wdn[i], s, wsdn[i], 20, -big, big)
+        dn = _step_linear(a, wdn[i], q4dn[i], q4sdn[i], use_quads, s, wsdn[i], 20, -big, big)
         for b in range(b_n):
             for c in range(d):
                 x[b, c] = min(max(x[b, c] + dn[b, c], -res_max), res_max)
@@ -1194,7 +1259,8 @@ def step_all(tokens, pos, emb_w, emb_ws, wq, wsq, wk, wsk, wv, wsv, wo, wso, wup
             skips[ns] = x
             ns += 1
     a, s = normquant(x, sqd, aq)
-    lg = linear_i16(a, emb_w, s, emb_ws, 16, -logit_max, logit_max)
+    lg = _step_linear(a, emb_w, q4emb, q4semb, use_quads, s, emb_ws, 16, -logit_max,
+                      logit_max)  # fmt: skip
     if cap == 0:
         return lg
     return softcap_rows(lg, cap, tn, ta, tb)

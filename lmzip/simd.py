@@ -58,6 +58,9 @@ HAS_AVX2 = _target_has_avx2()
 # from the multiply-add and the sum) in the linears' dot products: twice the products per
 # instruction of the AVX2 form on CPUs that have them
 HAS_AVX512BW = HAS_AVX2 and _target_has("avx512bw")
+# 512-bit byte dot products (vpdpbusd: 64 unsigned x signed byte products summed in fours into
+# 16 int32 per instruction): quads_dot1, the decoding step's linears
+HAS_VNNI512 = HAS_AVX512BW and _target_has("avx512vnni")
 # AMX tiles with int8 dot products (Sapphire Rapids and later Xeons): tile_rows16, the passes'
 # linears. The code exists where numba compiles for such a CPU; it runs only where the OS also
 # grants the process the tile state (cpu_env.request_amx), which the engine checks first.
@@ -773,3 +776,125 @@ def tile_pv_signed(typingctx, p0, p1, vt, n_kt, c0, c1):
     if not _tiles_ok([p0, p1], vt, [c0, c1]):
         return None
     return types.none(p0, p1, vt, n_kt, c0, c1), _pv_codegen("tdpbusd")
+
+
+def _splat32(builder, x, lanes=16):
+    """An int32 broadcast to a vector of `lanes`."""
+    vt = ir.VectorType(_I32, lanes)
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(vt, [0] * lanes))
+
+
+def _dpbusd(builder, acc, a, b):
+    """acc (<16 x i32>) + the products of the unsigned bytes of a and the signed bytes of b
+    (<64 x i8> each) summed in fours: vpdpbusd where the target has AVX512-VNNI, else the same
+    sums in plain vector code (so that the kernels compile everywhere; the engine uses them
+    only where quads_linear_ok passed)."""
+    v64x8, v64x32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 64)
+    if HAS_VNNI512:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16x32, [_V16x32, v64x8, v64x8]),
+            "llvm.x86.avx512.vpdpbusd.512",
+        )  # fmt: skip
+        return builder.call(fn, [acc, a, b])
+    prod = builder.mul(builder.zext(a, v64x32), builder.sext(b, v64x32))
+    for j in range(4):
+        acc = builder.add(acc, _shuffle(builder, prod, prod, [4 * i + j for i in range(16)]))
+    return acc
+
+
+def _quads_codegen(rows):
+    """quads_dot1 (rows = 1) and quads_dot2 (rows = 2)."""
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        v64x8 = ir.VectorType(_I8, 64)
+        xl = context.make_array(signature.args[0])(context, builder, args[0])
+        xh = context.make_array(signature.args[1])(context, builder, args[1])
+        w = context.make_array(signature.args[2])(context, builder, args[2])
+        o = context.make_array(signature.args[3])(context, builder, args[3])
+        n16, k4n = builder.extract_value(w.shape, 0), builder.extract_value(w.shape, 1)
+        wp = builder.bitcast(w.data, _I8.as_pointer())
+        gbytes = builder.mul(k4n, ir.Constant(i64, 64))  # one group's bytes
+        planes = []  # per row: (low bytes, high bytes) as int32 quads
+        for r in range(rows):
+            ri = ir.Constant(i64, r)
+            planes.append([builder.bitcast(builder.gep(
+                builder.bitcast(a.data, _I8.as_pointer()),
+                [builder.mul(ri, builder.extract_value(a.strides, 0))]), _I32.as_pointer())
+                for a in (xl, xh)])  # fmt: skip
+        obase = builder.bitcast(o.data, _I8.as_pointer())
+        orow = builder.extract_value(o.strides, 0)
+        zero = ir.Constant(_V16x32, None)
+        eight = ir.Constant(_V16x32, [8] * 16)
+
+        def run(g0, groups):
+            """Output groups g0 .. g0 + groups - 1 (16 outputs each) of every row."""
+            acc = [[[cgutils.alloca_once_value(builder, zero) for _ in range(2)]
+                    for _ in range(groups)] for _ in range(rows)]  # fmt: skip
+            gp = [builder.gep(wp, [builder.mul(builder.add(g0, ir.Constant(i64, g)), gbytes)])
+                  for g in range(groups)]  # fmt: skip
+            with cgutils.for_range(builder, k4n) as loop:
+                k4 = loop.index
+                xs = [[builder.bitcast(_splat32(builder, builder.load(builder.gep(p, [k4]))),
+                                       v64x8) for p in planes[r]] for r in range(rows)]  # fmt: skip
+                off = builder.mul(k4, ir.Constant(i64, 64))
+                for g in range(groups):
+                    ptr = builder.bitcast(builder.gep(gp[g], [off]), v64x8.as_pointer())
+                    wv = builder.load(ptr, align=1)
+                    for r in range(rows):
+                        for b in range(2):
+                            a = acc[r][g][b]
+                            builder.store(_dpbusd(builder, builder.load(a), xs[r][b], wv), a)
+            for r in range(rows):
+                for g in range(groups):
+                    tot = builder.add(builder.shl(builder.load(acc[r][g][1]), eight),
+                                      builder.load(acc[r][g][0]))  # fmt: skip
+                    col = builder.mul(builder.add(g0, ir.Constant(i64, g)), ir.Constant(i64, 64))
+                    dst = builder.gep(obase, [builder.add(builder.mul(ir.Constant(i64, r), orow),
+                                                          col)])  # fmt: skip
+                    builder.store(tot, builder.bitcast(dst, _V16x32.as_pointer()), align=4)
+
+        n4 = builder.sdiv(n16, ir.Constant(i64, 4))
+        with cgutils.for_range(builder, n4) as loop:
+            run(builder.mul(loop.index, ir.Constant(i64, 4)), 4)
+        done = builder.mul(n4, ir.Constant(i64, 4))
+        with cgutils.for_range(builder, builder.sub(n16, done)) as loop:
+            run(builder.add(done, loop.index), 1)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _quads_ok(xl, xh, wq, out) -> bool:
+    u8 = (types.uint8,)
+    return all(
+        isinstance(a, types.Array) and a.layout == "C" and a.dtype in dt and a.ndim == nd
+        for a, dt, nd in ((xl, u8, 2), (xh, u8, 2), (wq, (types.int8,), 3),
+                          (out, (types.int32,), 2))
+    )  # fmt: skip
+
+
+@intrinsic
+def quads_dot1(typingctx, xl, xh, wq, out):
+    """out[0, n] = 256 * (xh[0] . w_n) + (xl[0] . w_n) as int32 (wrapping), for every n < N (in
+    vpdpbusd on HAS_VNNI512 CPUs, else in plain vector code: _dpbusd): xl, xh unsigned bytes
+    [rows, >= 4 K4] (a row's low bytes, and its high bytes plus 64), wq the weights in groups of
+    16 outputs as quads along k (int8 [N/16, K4, 64]: wq[g, k4, 4 c + j] = w[16 g + c, 4 k4 +
+    j]), so that one vpdpbusd adds the products of 4 k of 16 outputs with the row's broadcast
+    quad, with no horizontal sums, each group's weights one contiguous stream: four groups per
+    pass in 8 accumulators, then single groups. Each plane's sums are exact int32 (below 255 *
+    127 * K, the caller's bound); their combination wraps, which rowops.linear_quads undoes (the
+    exact result fits int32)."""
+    if not _quads_ok(xl, xh, wq, out):
+        return None
+    return types.none(xl, xh, wq, out), _quads_codegen(1)
+
+
+@intrinsic
+def quads_dot2(typingctx, xl, xh, wq, out):
+    """quads_dot1 for rows 0 and 1 at once: each weight vector loaded once for both (16
+    accumulators)."""
+    if not _quads_ok(xl, xh, wq, out):
+        return None
+    return types.none(xl, xh, wq, out), _quads_codegen(2)

@@ -370,6 +370,59 @@ def test_linear_pairs_exact_at_the_extremes(k, qmax):
                          rowops.linear_pairs_par, (1, 3, 4, 5, 23))  # fmt: skip
 
 
+@pytest.mark.parametrize("k,qmax", [(1, 127), (7, 31), (192, 31), (1031, 127), (4226, 31)])
+def test_linear_quads_exact_at_the_extremes(k, qmax):
+    """rowops.linear_quads (the decoding step's linears on CPUs with AVX512-VNNI: each row as
+    its low bytes and its high bytes plus 64, weights in groups of 16 outputs as quads along k,
+    two rows at a time) gives linear_i16's integers, also where every product has the largest
+    magnitude (one sign, alternating: the int32 combination of the two byte sums wraps there),
+    where the low bytes are at their largest, for odd and even row counts and output counts
+    of whole passes of 64 and single groups of 16 (96)."""
+    from lmzip import cpu_engine, rowops, simd
+
+    if not simd.HAS_VNNI512:
+        pytest.skip("no AVX512-VNNI here (CPU or numba's target)")
+    assert cpu_engine.quads_linear_ok()
+    rng = np.random.default_rng(k + 3)
+    rows = [np.full(k, 16383), np.full(k, -16383), np.where(np.arange(k) % 2, 16383, -16383),
+            np.full(k, 255), np.full(k, -16129), rng.integers(-16383, 16384, k)]  # fmt: skip
+    a = np.stack(rows).astype(np.int64)
+
+    def quads(a, wq, *rest):
+        return rowops.linear_quads(a, *wq, *rest)
+
+    wq = _check_linear_layout(rng, a, qmax, rowops.quad_cols, quads, quads, (1, 2, 5))
+    assert wq[0].shape == (6, -(-k // 4), 64) and wq[1].shape == (96,)
+
+
+def test_quads_selftest_failure_falls_back(shaped_mf, monkeypatch):
+    """Where rowops.linear_quads fails its self-test or the CPU lacks AVX512-VNNI
+    (cpu_engine.quads_linear_ok), the decoding step uses linear_i16, with the same integers;
+    where every output count is a multiple of 16 and the kernel passed, the step uses it."""
+    from lmzip import cpu_engine
+
+    tables = cpu_engine.build_tables(shaped_mf)
+    cfg = tables.cfg
+    w = _windows(2, cfg.seq_len, cfg.vocab_size, seed=41).numpy()
+
+    def steps(cpu):
+        state, out = cpu.new_state(2), []
+        for i in range(w.shape[1]):
+            pos = np.array([i, max(0, i - 3)])
+            out.append(cpu.step_np(state, np.array([w[0, i], w[1, pos[1]]]), pos))
+        return np.stack(out)
+
+    cpu = cpu_engine.CpuEngine(tables)
+    want = steps(cpu)
+    sixteens = all(n % 16 == 0 for n in (cfg.d_model, cfg.n_kv_head * cfg.head_dim,
+                                         cfg.vocab_size, tables.layers[0]["mlp.up"].w.shape[0]))  # fmt: skip
+    assert cpu.step_all_args()[1][-1] == (cpu_engine.quads_linear_ok() and sixteens)
+    monkeypatch.setattr(cpu_engine, "quads_linear_ok", lambda: False)
+    cpu = cpu_engine.CpuEngine(tables)
+    assert np.array_equal(steps(cpu), want)
+    assert cpu.step_all_args()[1][-1] is False
+
+
 def _check_linear_layout(rng, a, qmax, layout, kernel, kernel_par, counts):
     """kernel and kernel_par, on weights in another layout (layout(w)), give linear_i16's
     integers for the first m rows of a (m in counts, and all), with and without the output
