@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from lmzip import rowops
+from lmzip.simd import HAS_AMX
 
 # Rows per block. Each block reads the layer's weights again: where they fit in a core's L2
 # cache beside the block (the default model: 0.33 MB a layer) 64 rows run best, where they do
@@ -55,9 +56,11 @@ def placeholders() -> tuple:
 
 @njit(cache=True, inline="always")
 def _lin(a, s, lin, shift, lo, hi):
-    """One linear of a block's rows: lin = (kind, w, pairs, tiles, ws)."""
+    """One linear of a block's rows: lin = (kind, w, pairs, tiles, ws). The tile kernel exists
+    only where numba compiles for a CPU with AMX (simd.HAS_AMX, a constant here: elsewhere
+    numba drops that branch before typing it)."""
     kind, w, wp, wt, ws = lin
-    if kind == TILES:
+    if HAS_AMX and kind == TILES:
         return rowops.linear_tiles(a, wt, s, ws, shift, lo, hi)
     if kind == PAIRS:
         return rowops.linear_pairs(a, wp, s, ws, shift, lo, hi)
