@@ -1,12 +1,12 @@
 """The teacher-forced pass between two attentions, in blocks of rows that stay in the cache.
 
-CpuEngine.forward_np runs each layer's kernels over all rows of a pass, one kernel after
-another: at the golf shape a pass of two windows has 2,046 rows, so every intermediate (the
-residual stream, the quantized activations, the MLP's hidden rows: 8 bytes a value) is 8-17 MB
-and each kernel streams its input and output through the L3 cache. Everything but the attention
-works row by row, so it can run a block of BLOCK_ROWS rows through several kernels before the
-next block: the block's temporaries (at most 128 x 4 x d_model int64) stay in the core's
-L2 cache. Three fused stages per pass:
+Run one kernel at a time over all rows of a pass (CpuEngine.forward_kernels_np), the golf
+shape's pass of two windows has 2,046 rows, so every intermediate (the residual stream, the
+quantized activations, the MLP's hidden rows: 8 bytes a value) is 8-17 MB and each kernel
+streams its input and output through the L3 cache. Everything but the attention works row by
+row, so a block of 64 or 128 rows can run through several kernels before the next block: the
+block's temporaries (the widest, its rows of the MLP's hidden width or of the vocabulary, 1 MB
+at the golf shape) stay in the core's L2 cache. Three fused stages per pass:
 
 - `pre_attention`: the decoder layers' skip connection, RMSNorm + quantization, the q, k and v
   linears, QK-norm and RoPE of q and k (the attention's inputs for every row);
@@ -15,7 +15,7 @@ L2 cache. Three fused stages per pass:
 - `head`: the last RMSNorm, the logits, the softcap and (`probs`) the Q30 probabilities.
 
 Each block runs the very kernels of lmzip.rowops on its rows, so the integers are those of
-forward_np (tests compare the two). The linear of each matrix is chosen by the engine (`kind`:
+forward_kernels_np (tests compare the two). The linear of each matrix is chosen by the engine (`kind`:
 AMX tiles, weight pairs or linear_i16, after their self-tests), with its weights in the three
 layouts (an unused layout is a 1-element placeholder). The `_par` forms run the blocks on
 numba's threads; with one thread (a pass per core) the serial forms run. `rows`: rows per
