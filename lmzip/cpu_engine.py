@@ -383,20 +383,18 @@ class CpuEngine:
 
     # -- the teacher-forced pass ---------------------------------------------------------------
     def _linear(self, lin: Linear, a, s, frac: int, lim: int = I64_MAX) -> np.ndarray:
+        """One linear over all rows (forward_kernels_np): the kernel _lin chooses, on numba's
+        threads above PAR_ROWS rows."""
         big = a.shape[0] > rowops.PAR_ROWS
-        if a.shape[0] >= 16 and tiles_linear_ok():
-            wt = self._copy(lin, tiles=True)
-            if wt is not None and (not big or tiles_par_ok()):
-                kernel = rowops.linear_tiles_par if big else rowops.linear_tiles
-                return kernel(a, wt, s, lin.ws, 32 - frac, -lim, lim)
-        wt = self._copy(lin, tiles=False) if simd.HAS_AVX2 else None
-        if wt is not None and a.shape[0] >= 4 and pairs_linear_ok():
-            big = a.shape[0] > rowops.PAR_ROWS and pairs_par_ok()
-            kernel = rowops.linear_pairs_par if big else rowops.linear_pairs
-            return kernel(a, wt, s, lin.ws, 32 - frac, -lim, lim)
-        big = a.shape[0] > rowops.PAR_ROWS and parallel_linear_ok()
-        kernel = rowops.linear_i16_par if big else rowops.linear_i16
-        return kernel(a, lin.w, s, lin.ws, 32 - frac, -lim, lim)
+        kind, w, wp, wt, ws = self._lin(lin, big)
+        if kind == blocks.TILES:
+            kernel, wx = (rowops.linear_tiles_par if big else rowops.linear_tiles), wt
+        elif kind == blocks.PAIRS:
+            kernel, wx = (rowops.linear_pairs_par if big else rowops.linear_pairs), wp
+        else:
+            par = big and parallel_linear_ok()
+            kernel, wx = (rowops.linear_i16_par if par else rowops.linear_i16), w
+        return kernel(a, wx, s, ws, 32 - frac, -lim, lim)
 
     @staticmethod
     def _row(serial, par, rows: np.ndarray, *args):
@@ -435,6 +433,12 @@ class CpuEngine:
             self._lins[key] = (kind, lin.w, wp, wt, lin.ws)
         return self._lins[key]
 
+    def _attend(self, t: int):
+        """The passes' attention kernel for windows of t positions: in AMX tiles where its
+        self-test passed, the window is long enough and E a multiple of 16, else attend_fwd."""
+        tiles = t >= TILES_ATT_MIN and self.e % 16 == 0 and tiles_attention_ok()
+        return rowops.attend_fwd_tiles if tiles else rowops.attend_fwd
+
     def _embed(self, windows: np.ndarray) -> tuple:
         """windows [N, T] -> (N, T, the embedding rows Q12 [N*T, D], their positions)."""
         n, t = windows.shape
@@ -455,8 +459,7 @@ class CpuEngine:
         else:
             pre, post, head = blocks.pre_attention, blocks.post_attention, blocks.head
         rope = (t_.cos, t_.sin, t_.sqe, self.e)
-        tiles = t >= TILES_ATT_MIN and self.e % 16 == 0 and tiles_attention_ok()
-        attend = rowops.attend_fwd_tiles if tiles else rowops.attend_fwd
+        attend = self._attend(t)
         no_skip = np.zeros((0, self.d), np.int64), np.zeros(self.d, np.int64)
         n_enc = self.cfg.n_layer // 2
         skips = []
@@ -487,9 +490,7 @@ class CpuEngine:
             q = self._qk(self._linear(lay["attn.q"], a, s, 12), pos)
             k = self._qk(self._linear(lay["attn.k"], a, s, 12), pos)
             v = self._linear(lay["attn.v"], a, s, 10, V_MAX)
-            tiles = t >= TILES_ATT_MIN and self.e % 16 == 0 and tiles_attention_ok()
-            attend = rowops.attend_fwd_tiles if tiles else rowops.attend_fwd
-            y = attend(q, k, v, t, lay["gain"], self.att)
+            y = self._attend(t)(q, k, v, t, lay["gain"], self.att)
             a, s = self._row(rowops.absquant, rowops.absquant_par, y, 14, AQ)
             x = rowops.add_clamp(x, self._linear(lay["attn.o"], a, s, 12), RES_MAX)
             a, s = self._normquant(x)

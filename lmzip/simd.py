@@ -79,6 +79,13 @@ def _shuffle(builder, a, b, idx):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(idx)), idx))
 
 
+def _splat(builder, x, lanes):
+    """x (a scalar) broadcast to a vector of `lanes` of its type."""
+    one = builder.insert_element(ir.Constant(ir.VectorType(x.type, lanes), ir.Undefined), x,
+                                 ir.Constant(_I32, 0))  # fmt: skip
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
+
+
 def _pmadd(builder, a, b):
     """<16 x i16> a, b -> <8 x i32> with lane i = a[2i] * b[2i] + a[2i+1] * b[2i+1]."""
     if HAS_AVX2:
@@ -302,7 +309,6 @@ def cols_dot4(typingctx, xs, wt, n0, kp_n, out):
                           ir.Constant(i64, 2))  # fmt: skip
         zero = ir.Constant(vacc, None)
         accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(4)]
-        bcast = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
         kpn64 = context.cast(builder, kpn, signature.args[3], types.int64)
         for ps in range(n_pass):
             for row in accs:
@@ -318,10 +324,7 @@ def cols_dot4(typingctx, xs, wt, n0, kp_n, out):
                     xp = builder.gep(xbase, [builder.add(builder.mul(ir.Constant(i64, r), xrow),
                                                          builder.mul(kp, ir.Constant(i64, 4)))])  # fmt: skip
                     pair = builder.load(builder.bitcast(xp, _I32.as_pointer()), align=2)
-                    one = builder.insert_element(ir.Constant(ir.VectorType(_I32, lanes),
-                                                             ir.Undefined), pair,
-                                                 ir.Constant(_I32, 0))  # fmt: skip
-                    xb = builder.bitcast(builder.shuffle_vector(one, one, bcast), vx)
+                    xb = builder.bitcast(_splat(builder, pair, lanes), vx)
                     for b in range(2):
                         acc = accs[r][b]
                         builder.store(builder.add(builder.load(acc), pmadd(builder, vs[b], xb)),
@@ -357,16 +360,13 @@ def _keys_block_dots(context, builder, qs, kt_type, kt, n8, e2, outs):
                                (_V32x8, _V32x16, _V16x32, _pmadd512))  # fmt: skip
         zero = ir.Constant(vacc, None)
         accs = [cgutils.alloca_once_value(builder, zero) for _ in qs]  # zeroed here, per block
-        bcast = ir.Constant(ir.VectorType(_I32, keys), [0] * keys)
         col = builder.mul(first, ir.Constant(i64, 2))
         with cgutils.for_range(builder, e2) as cl:
             p = builder.gep(base, [builder.add(builder.mul(cl.index, row), col)])
             kv = builder.sext(builder.load(builder.bitcast(p, vk.as_pointer()), align=1), vq)
             for q, acc in zip(q32, accs):
                 pair = builder.load(builder.gep(q, [cl.index]), align=2)
-                one = builder.insert_element(ir.Constant(ir.VectorType(_I32, keys), ir.Undefined),
-                                             pair, ir.Constant(_I32, 0))  # fmt: skip
-                qv = builder.bitcast(builder.shuffle_vector(one, one, bcast), vq)
+                qv = builder.bitcast(_splat(builder, pair, keys), vq)
                 builder.store(builder.add(builder.load(acc), pmadd(builder, kv, qv)), acc)
         for out, acc in zip(outs, accs):
             dst = builder.bitcast(builder.gep(out, [first]), vacc.as_pointer())
@@ -452,7 +452,6 @@ def _rows_pv(context, builder, sig, args, nh):
     lanes, most = (8, 4) if HAS_AVX512BW else (4, 1)  # doubles per vector, blocks per pass
     vf, vi = ir.VectorType(_F64, lanes), ir.VectorType(_I32, lanes)
     zero = ir.Constant(vf, None)
-    bcast = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
     # a fused multiply-add rounds once where a product and a sum would round twice; neither
     # rounds here (exact integers), so the result is the same on targets without FMA units
     fma = cgutils.get_or_insert_function(
@@ -479,10 +478,7 @@ def _rows_pv(context, builder, sig, args, nh):
                     x = builder.load(builder.bitcast(ptr, vi.as_pointer()), align=4)
                     xs.append(builder.sitofp(x, vf))
             for p, ah in zip(pp, accs):
-                s = builder.load(builder.gep(p, [j]))
-                one = builder.insert_element(ir.Constant(vf, ir.Undefined), s,
-                                             ir.Constant(_I32, 0))  # fmt: skip
-                pv = builder.shuffle_vector(one, one, bcast)
+                pv = _splat(builder, builder.load(builder.gep(p, [j])), lanes)
                 for x, a in zip(xs, ah):
                     builder.store(builder.call(fma, [pv, x, builder.load(a)]), a)
         for o, ah in zip(op, accs):
@@ -532,10 +528,6 @@ def att_weights(typingctx, lg, n, m, att):
         nn = context.cast(builder, nn, signature.args[1], types.int64)
         q = ir.Constant(_F64, 1.0 / 256.0)
 
-        def splat(x, vt):
-            one = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
-            return builder.shuffle_vector(one, one, ir.Constant(vi32, [0] * lanes))
-
         ptr_t = ir.VectorType(_F64.as_pointer(), lanes)
         mask_t = ir.VectorType(ir.IntType(1), lanes)
         gather = cgutils.get_or_insert_function(
@@ -545,8 +537,9 @@ def att_weights(typingctx, lg, n, m, att):
         vmin = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vf, [vf, vf]), f"llvm.minnum.v{lanes}f64"
         )
-        vm, vlast, vq = splat(mm, vf), splat(last, vf), splat(q, vf)
-        tbase, eight = splat(builder.ptrtoint(tp, i64), vi), splat(ir.Constant(i64, 8), vi)
+        vm, vlast, vq = (_splat(builder, x, lanes) for x in (mm, last, q))
+        tbase = _splat(builder, builder.ptrtoint(tp, i64), lanes)
+        eight = _splat(builder, ir.Constant(i64, 8), lanes)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vf, None))
         nv = builder.sdiv(nn, ir.Constant(i64, lanes))
         with cgutils.for_range(builder, nv) as loop:
@@ -778,13 +771,6 @@ def tile_pv_signed(typingctx, p0, p1, vt, n_kt, c0, c1):
     return types.none(p0, p1, vt, n_kt, c0, c1), _pv_codegen("tdpbusd")
 
 
-def _splat32(builder, x, lanes=16):
-    """An int32 broadcast to a vector of `lanes`."""
-    vt = ir.VectorType(_I32, lanes)
-    one = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, one, ir.Constant(vt, [0] * lanes))
-
-
 def _dpbusd(builder, acc, a, b):
     """acc (<16 x i32>) + the products of the unsigned bytes of a and the signed bytes of b
     (<64 x i8> each) summed in fours: vpdpbusd where the target has AVX512-VNNI, else the same
@@ -836,7 +822,7 @@ def _quads_codegen(rows):
                   for g in range(groups)]  # fmt: skip
             with cgutils.for_range(builder, k4n) as loop:
                 k4 = loop.index
-                xs = [[builder.bitcast(_splat32(builder, builder.load(builder.gep(p, [k4]))),
+                xs = [[builder.bitcast(_splat(builder, builder.load(builder.gep(p, [k4])), 16),
                                        v64x8) for p in planes[r]] for r in range(rows)]  # fmt: skip
                 off = builder.mul(k4, ir.Constant(i64, 64))
                 for g in range(groups):
