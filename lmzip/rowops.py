@@ -123,23 +123,15 @@ def _att_row(dots, n, gh, att, lg, pj):
     one correction each way makes it floor exactly, and q * s, (q + 1) * s < 2^46 + 2 s < 2^53
     are exact too."""
     g = np.float64(gh)
-    # the maximum in four interleaved parts: a float reduction in one variable runs at the
-    # latency of one operation per key, as the compiler may not reorder float reductions
-    n4 = n & ~3
-    m0 = m1 = m2 = m3 = -np.inf
-    for j in range(0, n4, 4):
-        v0 = np.floor((np.float64(dots[j]) * g + 32768.0) * (1.0 / 65536.0))
-        v1 = np.floor((np.float64(dots[j + 1]) * g + 32768.0) * (1.0 / 65536.0))
-        v2 = np.floor((np.float64(dots[j + 2]) * g + 32768.0) * (1.0 / 65536.0))
-        v3 = np.floor((np.float64(dots[j + 3]) * g + 32768.0) * (1.0 / 65536.0))
-        lg[j], lg[j + 1], lg[j + 2], lg[j + 3] = v0, v1, v2, v3
-        m0, m1, m2, m3 = max(m0, v0), max(m1, v1), max(m2, v2), max(m3, v3)
-    for j in range(n4, n):
-        v = np.floor((np.float64(dots[j]) * g + 32768.0) * (1.0 / 65536.0))
-        lg[j] = v
-        m0 = max(m0, v)
-    m = max(max(m0, m1), max(m2, m3))
-    s = att_weights(lg, n, m, att)  # ATT[min((m - l) >> 8, last)]: vector gathers
+    # l(d) = floor((d G + 2^15) 2^-16) is monotone in d (non-decreasing for G >= 0, else
+    # non-increasing), so max l is l of the largest dot (G >= 0) or the smallest: two integer
+    # reductions, which vectorize (a float maximum does not: the compiler may not reorder it)
+    dmax = dmin = dots[0]
+    for j in range(n):
+        dmax = max(dmax, dots[j])
+        dmin = min(dmin, dots[j])
+    m = np.floor((np.float64(dmax if gh >= 0 else dmin) * g + 32768.0) * (1.0 / 65536.0))
+    s = att_weights(dots, n, g, m, att, lg)  # lg[j] = ATT[min((m - l_j) >> 8, last)]: gathers
     inv = 1.0 / s
     for j in range(n):
         num = lg[j] * 65536.0

@@ -500,33 +500,45 @@ def _rows_pv(context, builder, sig, args, nh):
 
 
 @intrinsic
-def att_weights(typingctx, lg, n, m, att):
-    """lg[j] = att[min(floor((m - lg[j]) / 256), len(att) - 1)] for j < n, and their sum (lg
-    float64 1-D C, m >= lg[j]: integers held in float64; att the ATT table as float64): the
-    attention weights' table lookups (rowops._att_row) in vectors of 8 (AVX512) or 4 doubles
-    with gathers, the index clamped in float64 before its conversion (so it fits int32), the
-    last n mod lanes scalar. LLVM's vectorizer leaves such loops scalar (it cannot prove that
-    the stores do not alias the table). The sum is of integers below 2^53 in any order."""
-    ok = (isinstance(lg, types.Array) and lg.layout == "C" and lg.dtype == types.float64
-          and lg.ndim == 1 and isinstance(att, types.Array) and att.layout == "C"
-          and att.dtype == types.float64 and att.ndim == 1 and isinstance(n, types.Integer)
+def att_weights(typingctx, dots, n, g, m, att, lg):
+    """lg[j] = att[min(floor((m - l_j) / 256), len(att) - 1)] for j < n, with the key's logit
+    l_j = floor((dots[j] g + 2^15) 2^-16), and their sum (dots int32 or float32 1-D C, exact
+    integers; g and m integers held in float64, m >= every l_j; lg float64 1-D C; att the ATT
+    table as float64): the attention weights (rowops._att_row) in vectors of 8 (AVX512) or 4
+    doubles, the table lookups as gathers, the index clamped in float64 before its conversion
+    (so it fits int32), the last n mod lanes scalar. LLVM's vectorizer leaves such loops scalar
+    (it cannot prove that the stores do not alias the table). Every step is exact (rowops'
+    _att_row says why); the sum is of integers below 2^53 in any order."""
+    ok = (isinstance(dots, types.Array) and dots.layout == "C" and dots.ndim == 1
+          and dots.dtype in (types.int32, types.float32)
+          and isinstance(lg, types.Array) and lg.layout == "C"
+          and lg.dtype == types.float64 and lg.ndim == 1 and isinstance(att, types.Array)
+          and att.layout == "C" and att.dtype == types.float64 and att.ndim == 1
+          and isinstance(n, types.Integer) and isinstance(g, types.Float)
           and isinstance(m, types.Float))  # fmt: skip
     if not ok:
         return None
+    signed = dots.dtype == types.int32
 
     def codegen(context, builder, signature, args):
         lanes = 8 if HAS_AVX512BW else 4
-        vf, vi, vi32 = (ir.VectorType(t, lanes) for t in (_F64, ir.IntType(64), _I32))
+        vf, vi = (ir.VectorType(t, lanes) for t in (_F64, ir.IntType(64)))
+        vd = ir.VectorType(_I32 if signed else ir.FloatType(), lanes)
         i64 = ir.IntType(64)
-        alg, nn, mm, aatt = args
-        lp = context.make_array(signature.args[0])(context, builder, alg).data
-        ta = context.make_array(signature.args[3])(context, builder, aatt)
+        adots, nn, gg, mm, aatt, alg = args
+        dp = context.make_array(signature.args[0])(context, builder, adots).data
+        lp = context.make_array(signature.args[5])(context, builder, alg).data
+        ta = context.make_array(signature.args[4])(context, builder, aatt)
         tp = ta.data
         last = builder.sitofp(builder.sub(builder.extract_value(ta.shape, 0), ir.Constant(i64, 1)),
                               _F64)  # fmt: skip
-        mm = context.cast(builder, mm, signature.args[2], types.float64)
+        gg = context.cast(builder, gg, signature.args[2], types.float64)
+        mm = context.cast(builder, mm, signature.args[3], types.float64)
         nn = context.cast(builder, nn, signature.args[1], types.int64)
-        q = ir.Constant(_F64, 1.0 / 256.0)
+        half, inv16, inv8 = (ir.Constant(_F64, x) for x in (32768.0, 1.0 / 65536.0, 1.0 / 256.0))
+
+        def widen(x, t):  # dot products as float64 (t: the vector or the scalar type): exact
+            return builder.sitofp(x, t) if signed else builder.fpext(x, t)
 
         ptr_t = ir.VectorType(_F64.as_pointer(), lanes)
         mask_t = ir.VectorType(ir.IntType(1), lanes)
@@ -537,21 +549,29 @@ def att_weights(typingctx, lg, n, m, att):
         vmin = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vf, [vf, vf]), f"llvm.minnum.v{lanes}f64"
         )
-        vm, vlast, vq = (_splat(builder, x, lanes) for x in (mm, last, q))
+        vfloor = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vf, [vf]), f"llvm.floor.v{lanes}f64"
+        )
+        sfloor = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_F64, [_F64]), "llvm.floor.f64"
+        )
+        vg, vm, vlast, vhalf, v16, v8 = (_splat(builder, x, lanes)
+                                         for x in (gg, mm, last, half, inv16, inv8))  # fmt: skip
         tbase = _splat(builder, builder.ptrtoint(tp, i64), lanes)
         eight = _splat(builder, ir.Constant(i64, 8), lanes)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vf, None))
         nv = builder.sdiv(nn, ir.Constant(i64, lanes))
         with cgutils.for_range(builder, nv) as loop:
             first = builder.mul(loop.index, ir.Constant(i64, lanes))
-            p = builder.bitcast(builder.gep(lp, [first]), vf.as_pointer())
-            d = builder.call(vmin, [builder.fmul(builder.fsub(vm, builder.load(p, align=8)), vq),
-                                    vlast])  # fmt: skip
-            idx = builder.sext(builder.fptosi(d, vi32), vi)
+            d = builder.load(builder.bitcast(builder.gep(dp, [first]), vd.as_pointer()), align=4)
+            lv = builder.call(vfloor, [builder.fmul(builder.fadd(builder.fmul(widen(d, vf), vg), vhalf),
+                                                    v16)])  # fmt: skip
+            k = builder.call(vmin, [builder.fmul(builder.fsub(vm, lv), v8), vlast])
+            idx = builder.sext(builder.fptosi(k, ir.VectorType(_I32, lanes)), vi)
             ptrs = builder.inttoptr(builder.add(tbase, builder.mul(idx, eight)), ptr_t)
             w = builder.call(gather, [ptrs, ir.Constant(_I32, 8),
                                       ir.Constant(mask_t, [1] * lanes), ir.Constant(vf, None)])  # fmt: skip
-            builder.store(w, p, align=8)
+            builder.store(w, builder.bitcast(builder.gep(lp, [first]), vf.as_pointer()), align=8)
             builder.store(builder.fadd(builder.load(acc), w), acc)
         v = builder.load(acc)
         total = builder.extract_element(v, ir.Constant(_I32, 0))
@@ -560,15 +580,17 @@ def att_weights(typingctx, lg, n, m, att):
         tot = cgutils.alloca_once_value(builder, total)
         done = builder.mul(nv, ir.Constant(i64, lanes))
         with cgutils.for_range(builder, builder.sub(nn, done)) as loop:
-            pj = builder.gep(lp, [builder.add(done, loop.index)])
-            d = builder.fmul(builder.fsub(mm, builder.load(pj)), q)
-            d = builder.select(builder.fcmp_ordered("<", d, last), d, last)
-            w = builder.load(builder.gep(tp, [builder.sext(builder.fptosi(d, _I32), i64)]))
-            builder.store(w, pj)
+            j = builder.add(done, loop.index)
+            lv = builder.call(sfloor, [builder.fmul(builder.fadd(builder.fmul(
+                widen(builder.load(builder.gep(dp, [j])), _F64), gg), half), inv16)])  # fmt: skip
+            k = builder.fmul(builder.fsub(mm, lv), inv8)
+            k = builder.select(builder.fcmp_ordered("<", k, last), k, last)
+            w = builder.load(builder.gep(tp, [builder.sext(builder.fptosi(k, _I32), i64)]))
+            builder.store(w, builder.gep(lp, [j]))
             builder.store(builder.fadd(builder.load(tot), w), tot)
         return builder.load(tot)
 
-    return types.float64(lg, n, m, att), codegen
+    return types.float64(dots, n, g, m, att, lg), codegen
 
 
 def _pv_ok(idx, ps, v, outs) -> bool:

@@ -233,10 +233,13 @@ def test_value_rows_pv_equal_int64_numpy(avx512, monkeypatch):
 
 @pytest.mark.parametrize("avx512", [True, False])
 def test_att_weights_gather_the_table(avx512, monkeypatch):
-    """att_weights (the attention weights' table lookups with vector gathers) writes
-    ATT[min(floor((m - l) / 256), last)] over every l and returns their sum: for every count
-    of rows around the vector width (the scalar tail), for differences far past the table's end
-    (clamped before the conversion to int32), in the AVX512 form (8 lanes) and the 4-lane one."""
+    """att_weights (the attention weights of one query: each key's logit from its dot product,
+    the table lookup with vector gathers) writes ATT[min(floor((m - l_j) / 256), last)], l_j =
+    floor((dot_j G + 2^15) / 2^16), over every key and returns their sum, as exact integers:
+    int32 and float32 dot products up to the spec's bound 2^22, gains of both signs up to 2^30,
+    every count of keys around the vector width (the scalar tail), differences far past the
+    table's end (clamped before the conversion to int32), in the AVX512 form (8 lanes) and the
+    4-lane one."""
     from lmzip.tables import att_exp_np
 
     if avx512 and not simd.HAS_AVX512BW:
@@ -244,24 +247,26 @@ def test_att_weights_gather_the_table(avx512, monkeypatch):
     monkeypatch.setattr(simd, "HAS_AVX512BW", avx512)
 
     @njit(cache=False)
-    def weights(lg, n, m, att):
-        return simd.att_weights(lg, n, m, att)
+    def weights(dots, n, g, m, att, lg):
+        return simd.att_weights(dots, n, np.float64(g), m, att, lg)
 
     att = att_exp_np().astype(np.float64)
     rng = np.random.default_rng(13)
-    for n in (0, 1, 3, 4, 5, 8, 9, 17, 300):
-        lg = np.concatenate([rng.integers(-(1 << 21), 1 << 12, n), rng.integers(0, 9, 7)])
-        lg[: n // 3] -= 1 << 45  # a third far below the maximum: past the table
-        lg = lg.astype(np.float64)
-        m = float(lg[:n].max(initial=0.0))
-        want = lg.copy()
-        want[:n] = att[np.minimum((m - lg[:n]).astype(np.int64) >> 8, len(att) - 1)]
-        got = lg.copy()
-        total = weights(got, n, m, att)
-        assert np.array_equal(got, want)  # the entries past n untouched
-        if n == 300:  # both kinds of rows were there
-            assert 0 < (want[:n] == 0).sum() < n - 100
-        assert total == want[:n].sum()
+    for dtype in (np.int32, np.float32):
+        for g in ((1 << 30) - 1, 3 << 22, 77, 0, -(1 << 30)):
+            for n in (0, 1, 3, 4, 5, 8, 9, 17, 300):
+                dots = rng.integers(-(1 << 22) + 1, 1 << 22, n + 7)
+                dots[: n // 4] = rng.choice([-(1 << 22) + 1, (1 << 22) - 1], n // 4)
+                logit = (dots * g + (1 << 15)) >> 16  # python ints in int64: |d G| < 2^52
+                m = int(logit[:n].max(initial=0))
+                want = np.full(n + 7, 0.5)
+                want[:n] = att[np.minimum((m - logit[:n]) >> 8, len(att) - 1)]
+                got = np.full(n + 7, 0.5)
+                total = weights(dots.astype(dtype), n, g, float(m), att, got)
+                assert np.array_equal(got, want)  # the entries past n untouched
+                if n == 300 and abs(g) > 1 << 20:  # both kinds of keys were there
+                    assert 0 < (want[:n] == 0).sum() < n - 10
+                assert total == want[:n].sum()
     ir = "".join(weights.inspect_llvm().values())
     assert f"llvm.masked.gather.v{8 if avx512 else 4}f64" in ir
 
