@@ -507,6 +507,46 @@ def test_attend_fwd_tiles_equals_attend_fwd(t_n, h, kv, e):
     assert cpu_engine.tiles_attention_ok()
 
 
+def test_att_row_equals_the_spec_in_python_integers():
+    """rowops._att_row (a query's attention probabilities: the maximum logit from the largest
+    or, for a negative gain, the smallest dot product, the ATT lookups in vector gathers, the
+    corrected float64 quotients) against numerics.md's formulas in Python integers: gains of
+    both signs and 0, dot products at the spec's bound 2^22, ties, keys past the table's end,
+    one key, and counts around the vector widths."""
+    from numba import njit
+
+    from lmzip import rowops
+    from lmzip.tables import att_exp_np
+
+    @njit(cache=False)
+    def row(dots, n, g, att):
+        lg = np.empty(n, np.float64)
+        pj = np.full(n + 3, -1.0)
+        rowops._att_row(dots, n, g, att, lg, pj)
+        return pj
+
+    table = att_exp_np()
+    att = table.astype(np.float64)
+    last = len(table) - 1
+    rng = np.random.default_rng(29)
+    for g in (1 << 30, -(1 << 30), 3 << 22, -12345, 1, 0):
+        for n in (1, 2, 7, 8, 9, 16, 33, 300):
+            for spread in (1 << 8, 1 << 22):
+                dots = rng.integers(-spread + 1, spread, n)
+                dots[: n // 5] = dots[0]  # ties
+                if n > 3:
+                    dots[1], dots[2] = (1 << 22) - 1, -(1 << 22) + 1
+                logit = [(int(d) * g + (1 << 15)) >> 16 for d in dots]
+                m = max(logit)
+                w = [int(table[min((m - lv) >> 8, last)]) for lv in logit]
+                want = [(wj << 16) // sum(w) for wj in w]
+                got = row(dots.astype(np.int32), n, g, att)
+                assert got[:n].tolist() == want, (g, n, spread)
+                assert (got[n:] == -1.0).all()
+                if abs(g) >= 3 << 22 and spread == 1 << 22 and n > 3:
+                    assert 0 < want.count(0) < n  # keys past the table's end, and kept ones
+
+
 def test_tile_cols_layout():
     """rowops.tile_cols: tile [nb, kb] row i holds w[16 nb + c, 64 kb + 4 i + j] at byte 4 c + j,
     zeros past K (the layout simd.tile_rows16 reads)."""
