@@ -110,6 +110,26 @@ def att_probs(dot, gain, lim, att):
 
 
 @njit(cache=True, inline="always")
+def _att_inverse(s):
+    """The inverse of the attention's weight sum s (an integer, 0 < s < 2^53, in float64),
+    rounded up past every rounding error: fl(fl(1 / s) (1 + 2^-50)) (_att_quotient)."""
+    return (1.0 / s) * (1.0 + 2.0**-50)
+
+
+@njit(cache=True, inline="always")
+def _att_quotient(w, inv):
+    """floor(w 2^16 / s) for an integer 0 <= w <= 2^30 (an ATT entry; held in float64) and
+    inv = _att_inverse(s), with no correction. With u = 2^-53 and x = w 2^16 / s, each of the
+    three roundings (1 / s, the factor 1 + 8u, the product) is within a factor 1 +- u, so the
+    estimate e = fl(w 2^16 inv) has e / x in [(1 - u)^3 (1 + 8u), (1 + u)^3 (1 + 8u)], within
+    (1, 1 + 12u): e > x where w > 0 (e = 0 = x where w = 0), so floor(e) >= floor(x); and
+    e - x < 12u x. Where x is an integer, e < x + 1. Where it is not, its distance to the next
+    integer is at least 1 / s, and 12u x = 12u w 2^16 / s < 1 / s as w 2^16 <= 2^46 < 1 / 12u:
+    e stays below that integer. So floor(e) = floor(x) exactly."""
+    return np.floor((w * 65536.0) * inv)
+
+
+@njit(cache=True, inline="always")
 def _att_row(dots, n, gh, att, lg, pj):
     """Attention probabilities of one query (numerics.md "Attention"): dots [>= n] exact integer
     q.k products -> pj[j] = floor(ATT_j * 2^16 / sum ATT) for j < n (lg: float64 [>= n]
@@ -118,10 +138,8 @@ def _att_row(dots, n, gh, att, lg, pj):
     Every value is an integer below 2^53, so float64 holds it exactly and each step below is
     the spec's integer operation, in a form the compiler vectorizes: |dot| < 2^22 and |G| <= 2^30
     make dot * G exact, and rs(v, 16) = floor((v + 2^15) * 2^-16) (scaling by a power of two is
-    exact); d >> 8 = floor(d * 2^-8) for d >= 0; sum ATT <= 2^20 * 2^30. The quotient q of
-    w * 2^16 (< 2^46) by s is estimated from 1 / s within 2^-36 of the true value (< 2^16), so
-    one correction each way makes it floor exactly, and q * s, (q + 1) * s < 2^46 + 2 s < 2^53
-    are exact too."""
+    exact); d >> 8 = floor(d * 2^-8) for d >= 0; sum ATT <= 2^20 * 2^30; the quotients in
+    _att_quotient."""
     g = np.float64(gh)
     # l(d) = floor((d G + 2^15) 2^-16) is monotone in d (non-decreasing for G >= 0, else
     # non-increasing), so max l is l of the largest dot (G >= 0) or the smallest: two integer
@@ -132,15 +150,9 @@ def _att_row(dots, n, gh, att, lg, pj):
         dmin = min(dmin, dots[j])
     m = np.floor((np.float64(dmax if gh >= 0 else dmin) * g + 32768.0) * (1.0 / 65536.0))
     s = att_weights(dots, n, g, m, att, lg)  # lg[j] = ATT[min((m - l_j) >> 8, last)]: gathers
-    inv = 1.0 / s
+    inv = _att_inverse(s)
     for j in range(n):
-        num = lg[j] * 65536.0
-        q = np.floor(num * inv)
-        if q * s > num:
-            q -= 1.0
-        if (q + 1.0) * s <= num:
-            q += 1.0
-        pj[j] = q
+        pj[j] = _att_quotient(lg[j], inv)
 
 
 AQ_F = 1 << 15  # the float64 quantizers below need aq < AQ_F (the engine's AQ is 16383)

@@ -512,7 +512,8 @@ def test_att_row_equals_the_spec_in_python_integers():
     or, for a negative gain, the smallest dot product, the ATT lookups in vector gathers, the
     corrected float64 quotients) against numerics.md's formulas in Python integers: gains of
     both signs and 0, dot products at the spec's bound 2^22, ties, keys past the table's end,
-    one key, and counts around the vector widths."""
+    one key, flat rows (quotients at and just below integers), and counts around the vector
+    widths."""
     from numba import njit
 
     from lmzip import rowops
@@ -531,10 +532,10 @@ def test_att_row_equals_the_spec_in_python_integers():
     rng = np.random.default_rng(29)
     for g in (1 << 30, -(1 << 30), 3 << 22, -12345, 1, 0):
         for n in (1, 2, 7, 8, 9, 16, 33, 300):
-            for spread in (1 << 8, 1 << 22):
-                dots = rng.integers(-spread + 1, spread, n)
+            for spread in (0, 1 << 8, 1 << 22):  # 0: every key the same weight, quotients
+                dots = rng.integers(-spread, spread + 1, n)  # 2^16 / n, integers or just below
                 dots[: n // 5] = dots[0]  # ties
-                if n > 3:
+                if n > 3 and spread:
                     dots[1], dots[2] = (1 << 22) - 1, -(1 << 22) + 1
                 logit = [(int(d) * g + (1 << 15)) >> 16 for d in dots]
                 m = max(logit)
@@ -545,6 +546,49 @@ def test_att_row_equals_the_spec_in_python_integers():
                 assert (got[n:] == -1.0).all()
                 if abs(g) >= 3 << 22 and spread == 1 << 22 and n > 3:
                     assert 0 < want.count(0) < n  # keys past the table's end, and kept ones
+
+
+def test_att_quotient_exact_at_and_just_below_integers():
+    """rowops._att_quotient (the attention's floor(w 2^16 / s) as the floor of one product with
+    an inverse rounded up, no correction) against Python integers where a float quotient is
+    most likely to land on the wrong side: w 2^16 = k s (integer quotients; an estimate below
+    them would floor one too low) and w 2^16 = k s - 1 (just below k; one above would floor too
+    high), w up to 2^30 (an ATT entry); also w = 0, w = s and random pairs, s up to 2^50. The
+    same pairs with the plain inverse fl(1 / s) get some quotients wrong, so they test the
+    rounding up."""
+    from numba import njit
+
+    from lmzip import rowops
+
+    @njit(cache=False)
+    def quotients(w, s, plain):
+        out = np.empty(w.shape[0], np.float64)
+        for i in range(w.shape[0]):
+            inv = 1.0 / s[i] if plain else rowops._att_inverse(s[i])
+            out[i] = rowops._att_quotient(w[i], inv)
+        return out
+
+    rng = np.random.default_rng(31)
+    ws, ss = [], []
+    for _ in range(4000):
+        k = int(rng.integers(1, 1 << 15)) * 2 + 1  # odd: 2^16 is invertible mod k
+        t = int(rng.integers(1, (1 << 30) // k + 1))
+        ws.append(k * t)  # w 2^16 = k s with s = t 2^16
+        ss.append(t << 16)
+        w = int(rng.integers(1, 1 << 30)) // k * k + (-pow(1 << 16, -1, k)) % k
+        if 0 < w <= 1 << 30:  # w 2^16 + 1 = k s
+            ws.append(w)
+            ss.append(((w << 16) + 1) // k)
+    for bits in (20, 30, 40, 50):
+        for _ in range(300):
+            s = int(rng.integers(1, 1 << bits))
+            w = min(s, 1 << 30)
+            ws += [0, w, int(rng.integers(0, w + 1))]
+            ss += [s, s, s]
+    w_f, s_f = np.array(ws, np.float64), np.array(ss, np.float64)
+    want = [(w << 16) // s for w, s in zip(ws, ss)]
+    assert quotients(w_f, s_f, False).tolist() == want
+    assert quotients(w_f, s_f, True).tolist() != want
 
 
 def test_tile_cols_layout():
