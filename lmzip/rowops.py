@@ -110,23 +110,31 @@ def att_probs(dot, gain, lim, att):
 
 
 @njit(cache=True, inline="always")
-def _att_inverse(s):
-    """The inverse of the attention's weight sum s (an integer, 0 < s < 2^53, in float64),
-    rounded up past every rounding error: fl(fl(1 / s) (1 + 2^-50)) (_att_quotient)."""
-    return (1.0 / s) * (1.0 + 2.0**-50)
+def _inv_up(d):
+    """1 / d for d > 0 (float64), rounded up past its rounding errors: fl(fl(1 / d) (1 + 2^-50))
+    (_floor_q)."""
+    return (1.0 / d) * (1.0 + 2.0**-50)
 
 
 @njit(cache=True, inline="always")
-def _att_quotient(w, inv):
-    """floor(w 2^16 / s) for an integer 0 <= w <= 2^30 (an ATT entry; held in float64) and
-    inv = _att_inverse(s), with no correction. With u = 2^-53 and x = w 2^16 / s, each of the
-    three roundings (1 / s, the factor 1 + 8u, the product) is within a factor 1 +- u, so the
-    estimate e = fl(w 2^16 inv) has e / x in [(1 - u)^3 (1 + 8u), (1 + u)^3 (1 + 8u)], within
-    (1, 1 + 12u): e > x where w > 0 (e = 0 = x where w = 0), so floor(e) >= floor(x); and
-    e - x < 12u x. Where x is an integer, e < x + 1. Where it is not, its distance to the next
-    integer is at least 1 / s, and 12u x = 12u w 2^16 / s < 1 / s as w 2^16 <= 2^46 < 1 / 12u:
-    e stays below that integer. So floor(e) = floor(x) exactly."""
-    return np.floor((w * 65536.0) * inv)
+def _inv_down(d):
+    """1 / d for d > 0 (float64), rounded down past its rounding errors: fl(fl(1 / d) (1 -
+    2^-50)) (_floor_q)."""
+    return (1.0 / d) * (1.0 - 2.0**-50)
+
+
+@njit(cache=True, inline="always")
+def _floor_q(n, up, down):
+    """floor(n / d) exactly, for integers |n| <= 2^49 and 0 < d < 2^53 held in float64, with up =
+    _inv_up(d) and down = _inv_down(d): the floor of one product, no correction.
+
+    With u = 2^-53 and x = n / d: fl(1 / d) is within a factor 1 +- u of 1 / d, and so is each
+    later rounding, so up lies in (1 + 5u, 1 + 11u) / d and down in (1 - 11u, 1 - 5u) / d, and
+    the estimate e = fl(n up) (n >= 0) or fl(n down) (n < 0) lies in (x, x + 13u |x|) for n !=
+    0 (e = 0 = x for n = 0): never below x, so floor(e) >= floor(x). Where x is an integer, e <
+    x + 1. Where it is not, the next integer above x is at least 1 / d away, and 13u |x| = 13u
+    |n| / d < 1 / d as |n| <= 2^49 < 1 / 13u: e stays below it. So floor(e) = floor(x)."""
+    return np.floor(n * (up if n >= 0.0 else down))
 
 
 @njit(cache=True, inline="always")
@@ -138,8 +146,8 @@ def _att_row(dots, n, gh, att, lg, pj):
     Every value is an integer below 2^53, so float64 holds it exactly and each step below is
     the spec's integer operation, in a form the compiler vectorizes: |dot| < 2^22 and |G| <= 2^30
     make dot * G exact, and rs(v, 16) = floor((v + 2^15) * 2^-16) (scaling by a power of two is
-    exact); d >> 8 = floor(d * 2^-8) for d >= 0; sum ATT <= 2^20 * 2^30; the quotients in
-    _att_quotient."""
+    exact); d >> 8 = floor(d * 2^-8) for d >= 0; sum ATT <= 2^20 * 2^30; the quotients of w 2^16
+    <= 2^46 (w an ATT entry, at most 2^30) by the sum in _floor_q (all non-negative)."""
     g = np.float64(gh)
     # l(d) = floor((d G + 2^15) 2^-16) is monotone in d (non-decreasing for G >= 0, else
     # non-increasing), so max l is l of the largest dot (G >= 0) or the smallest: two integer
@@ -150,9 +158,9 @@ def _att_row(dots, n, gh, att, lg, pj):
         dmin = min(dmin, dots[j])
     m = np.floor((np.float64(dmax if gh >= 0 else dmin) * g + 32768.0) * (1.0 / 65536.0))
     s = att_weights(dots, n, g, m, att, lg)  # lg[j] = ATT[min((m - l_j) >> 8, last)]: gathers
-    inv = _att_inverse(s)
+    inv = _inv_up(s)
     for j in range(n):
-        pj[j] = _att_quotient(lg[j], inv)
+        pj[j] = _floor_q(lg[j] * 65536.0, inv, inv)  # every numerator >= 0
 
 
 AQ_F = 1 << 15  # the float64 quantizers below need aq < AQ_F (the engine's AQ is 16383)
@@ -166,23 +174,19 @@ def _quant_row(row, amax, aq, out):
     Where amax < 2^31 (every row of normquant and absquant in the engine: |x| <= RES_MAX,
     |y| <= V_MAX) the loop runs on integers held exactly in float64, which LLVM vectorizes
     (AVX2 has no int64 <-> float64 conversions, so values pass through int32, where they fit):
-    |row| <= amax gives 2 aq row + amax < 2^48; the quotient by 2 amax (|q| <= aq + 1 < 2^15)
-    is estimated within 2^-36, so one correction each way gives the floor, and q * 2 amax <
-    2^47 is exact. Otherwise the int64 path."""
+    |row| <= amax gives |2 aq row + amax| < 2^48, whose quotient by 2 amax _floor_q finds.
+    Otherwise the int64 path."""
     if amax <= 0:
         out[:] = 0
         return
     if amax < (np.int64(1) << 31) and aq < AQ_F:
         d2 = 2.0 * np.float64(amax)
-        inv2 = 1.0 / d2
+        up, down = _inv_up(d2), _inv_down(d2)
         a2 = 2.0 * np.float64(aq)
         am = np.float64(amax)
         for c in range(row.shape[0]):
             num = np.float64(np.int32(row[c])) * a2 + am
-            q = np.floor(num * inv2)
-            q = q - 1.0 if q * d2 > num else q
-            q = q + 1.0 if (q + 1.0) * d2 <= num else q
-            out[c] = np.int64(np.int32(q))
+            out[c] = np.int64(np.int32(_floor_q(num, up, down)))
         return
     d2 = 2 * amax
     inv2 = 1.0 / np.float64(d2)
@@ -618,9 +622,8 @@ def _qk_block(y, pos, cos, sin, sqe, e, out, r0, r1):
     """Rows r0..r1-1 of qk_rows (numerics.md "qk"). After the int64 sum of squares and its
     isqrt, every step runs on integers held exactly in float64, in a loop LLVM vectorizes (AVX2
     has no int64 <-> float64 conversions; the inputs are converted through int32, where they
-    fit): |y| < 2^24 and SQE < 2^20 make 2 y SQE + d < 2^45; the quotient by 2d (d = 16 R,
-    |y| <= R, so |quotient| <= SQE / 16 + 1 < 2^15) is estimated from 1 / 2d within 2^-37, so
-    one correction each way gives the floor, and its products with 2d stay below 2^47; the RoPE
+    fit): |y| < 2^24 and SQE < 2^20 make |2 y SQE + d| < 2^45, whose quotient by 2d (d = 16 R)
+    _floor_q finds; the RoPE
     sums n COS +- n' SIN < 2^47 (|COS|, |SIN| < 2^31, which cpu_engine._rope_tables checks);
     rs(v, s) = floor((v + 2^(s-1)) * 2^-s) exactly (scaling by a power of two)."""
     heads = y.shape[1] // e
@@ -643,17 +646,11 @@ def _qk_block(y, pos, cos, sin, sqe, e, out, r0, r1):
                     out[r, h, c] = 0
                 continue
             d2 = 32.0 * np.float64(root)  # 2 d: rdiv(n, d) = floor((2 n + d) / 2 d)
-            inv2 = 1.0 / d2
+            up, down = _inv_up(d2), _inv_down(d2)
             hd = 0.5 * d2
             for c in range(half):
-                a1 = yf[c] * sq2 + hd
-                a2 = yf[c + half] * sq2 + hd
-                n1 = np.floor(a1 * inv2)
-                n2 = np.floor(a2 * inv2)
-                n1 = n1 - 1.0 if n1 * d2 > a1 else n1
-                n1 = n1 + 1.0 if (n1 + 1.0) * d2 <= a1 else n1
-                n2 = n2 - 1.0 if n2 * d2 > a2 else n2
-                n2 = n2 + 1.0 if (n2 + 1.0) * d2 <= a2 else n2
+                n1 = _floor_q(yf[c] * sq2 + hd, up, down)
+                n2 = _floor_q(yf[c + half] * sq2 + hd, up, down)
                 cc = np.float64(np.int32(cos[p, c]))
                 sn = np.float64(np.int32(sin[p, c]))
                 t1 = np.floor((n1 * cc + n2 * sn + 536870912.0) * (1.0 / 1073741824.0))
@@ -697,27 +694,23 @@ def _softcap_block(logits, cap, tn, ta, tb, out, r0, r1):
     """Rows r0..r1-1 of softcap_rows, each in three loops so that two of them vectorize (the
     callers compile with error_model="numpy": no zero-divisor check in the loop, which would
     stop LLVM's vectorizer; no divisor here is 0). (1) u = floor(2|l| / cap), in float64:
-    2|l| < 2^27 and the estimate from 1 / cap is within 1 of the quotient, so one correction
-    each way gives the floor, on products below 2^53. (2) e = exp30(u), the table lookups
+    2|l| < 2^27, _floor_q. (2) e = exp30(u), the table lookups
     (scalar: the loop vectorizer does not gather). (3) t = floor((2^30 - e) 2^30 / (2^30 + e)):
     the float64 quotient of those exact numbers is within 1 of it (below 2^31), and the int64
     remainder (|q d| < 2^62) corrects it each way; then rs(cap * t, 14) with the sign of l.
-    (With the spec's tables and caps up to 1000 the float floors already come out exact: the
-    corrections never fire in the tests, which cover every exp30 value; they keep the result
-    exact without that argument.)"""
+    (With the spec's tables and caps up to 1000 the float floor of (3) already comes out exact:
+    its corrections never fire in the tests, which cover every exp30 value; they keep the
+    result exact without that argument.)"""
     one = np.int64(1) << 30
     capf = np.float64(cap)
-    inv_cap = 1.0 / capf
+    inv_cap = _inv_up(capf)
     v_n = logits.shape[1]
     u = np.empty(v_n, np.int64)
     for r in range(r0, r1):
         for c in range(v_n):
             lv = logits[r, c]
             n2 = 2.0 * np.float64(np.int32(-lv if lv < 0 else lv))
-            q = np.floor(n2 * inv_cap)
-            q = q - 1.0 if q * capf > n2 else q
-            q = q + 1.0 if (q + 1.0) * capf <= n2 else q
-            u[c] = np.int64(np.int32(q))
+            u[c] = np.int64(np.int32(_floor_q(n2, inv_cap, inv_cap)))  # n2 >= 0
         for c in range(v_n):
             u[c] = _exp30(u[c], tn, ta, tb)
         for c in range(v_n):
@@ -874,10 +867,13 @@ def add_clamp(x, y, lim):
 @njit(cache=True, inline="always")
 def _relu2_block(h, shift, aq, a, scale, r0, r1):
     """Rows r0..r1-1 of relu2_absquant. Where max(h) < 2^23 (every row of the engine: |h| <=
-    H_MAX) the quotients q = floor((2 aq v + amax) / 2 amax) of v = max(h, 0)^2 (< 2^46) are
-    found in float64: v and amax are exact there, the estimate from 1 / 2 amax is within 2^-36
-    of the quotient (<= aq + 1), and the floor is the largest q with 2 aq v - (2q - 1) amax >= 0,
-    which _relu2_ok decides exactly on the numbers split at 2^23. Otherwise the int64 path."""
+    H_MAX) the quotients x = (2 aq v + amax) / 2 amax of v = max(h, 0)^2 (< 2^46) are found in
+    float64: v and amax are exact there, the numerator (< 2^62) is within a factor (1 +- u)^2
+    of its value (u = 2^-53, two roundings of non-negative terms), the inverse _inv_up(2 amax)
+    within (1 + 5u, 1 + 11u) of 1 / 2 amax, so the estimate e of x (<= aq + 1 < 2^15) lies in
+    (x, x + 15u x): floor(e) is floor(x) or floor(x) + 1. The floor is the largest q with 2 aq
+    v - (2q - 1) amax >= 0, which _relu2_ok decides exactly on the numbers split at 2^23: one
+    check, downward. Otherwise the int64 path."""
     row = np.empty(h.shape[1], np.int64)
     hf = np.empty(h.shape[1], np.float64)
     for r in range(r0, r1):
@@ -888,8 +884,7 @@ def _relu2_block(h, shift, aq, a, scale, r0, r1):
             am = np.float64(hmax) * np.float64(hmax)
             ah = np.floor(am * (1.0 / SPLIT))
             al = am - ah * SPLIT
-            d2 = 2.0 * am
-            inv2 = 1.0 / d2
+            inv2 = _inv_up(2.0 * am)
             a2 = 2.0 * np.float64(aq)
             for c in range(h.shape[1]):
                 hf[c] = np.float64(np.int32(max(h[r, c], np.int64(0))))
@@ -897,9 +892,8 @@ def _relu2_block(h, shift, aq, a, scale, r0, r1):
                 v = hf[c] * hf[c]
                 vh = np.floor(v * (1.0 / SPLIT))
                 vl = v - vh * SPLIT
-                q = np.floor((v * a2 + am) * inv2)
+                q = np.floor((v * a2 + am) * inv2)  # floor(x) or floor(x) + 1 (docstring)
                 q = q - 1.0 if not _relu2_ok(2.0 * q - 1.0, vh, vl, ah, al, a2) else q
-                q = q + 1.0 if _relu2_ok(2.0 * q + 1.0, vh, vl, ah, al, a2) else q
                 a[r, c] = np.int64(np.int32(q))
             scale[r] = _rdiv((hmax * hmax) << shift, np.int64(aq))
             continue

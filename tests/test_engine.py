@@ -548,47 +548,45 @@ def test_att_row_equals_the_spec_in_python_integers():
                     assert 0 < want.count(0) < n  # keys past the table's end, and kept ones
 
 
-def test_att_quotient_exact_at_and_just_below_integers():
-    """rowops._att_quotient (the attention's floor(w 2^16 / s) as the floor of one product with
-    an inverse rounded up, no correction) against Python integers where a float quotient is
-    most likely to land on the wrong side: w 2^16 = k s (integer quotients; an estimate below
-    them would floor one too low) and w 2^16 = k s - 1 (just below k; one above would floor too
-    high), w up to 2^30 (an ATT entry); also w = 0, w = s and random pairs, s up to 2^50. The
-    same pairs with the plain inverse fl(1 / s) get some quotients wrong, so they test the
-    rounding up."""
+def test_floor_q_exact_next_to_integer_quotients():
+    """rowops._floor_q (floor(n / d) as the floor of one product with 1 / d rounded up, or down
+    for n < 0, no correction: the attention's probabilities, the quantizers, QK-norm, softcap)
+    against Python integers where a float quotient is most likely to land on the wrong side:
+    n = k d - 1, k d and k d + 1 for both signs, |n| up to 2^49 (the bound of its proof) and d
+    up to 2^52; also 0 and random pairs. The same pairs with the plain inverse fl(1 / d) get
+    some quotients wrong, so they test the rounding."""
     from numba import njit
 
     from lmzip import rowops
 
     @njit(cache=False)
-    def quotients(w, s, plain):
-        out = np.empty(w.shape[0], np.float64)
-        for i in range(w.shape[0]):
-            inv = 1.0 / s[i] if plain else rowops._att_inverse(s[i])
-            out[i] = rowops._att_quotient(w[i], inv)
+    def quotients(n, d, plain):
+        out = np.empty(n.shape[0], np.float64)
+        for i in range(n.shape[0]):
+            if plain:
+                inv = 1.0 / d[i]
+                out[i] = np.floor(n[i] * inv)
+            else:
+                out[i] = rowops._floor_q(n[i], rowops._inv_up(d[i]), rowops._inv_down(d[i]))
         return out
 
     rng = np.random.default_rng(31)
-    ws, ss = [], []
-    for _ in range(4000):
-        k = int(rng.integers(1, 1 << 15)) * 2 + 1  # odd: 2^16 is invertible mod k
-        t = int(rng.integers(1, (1 << 30) // k + 1))
-        ws.append(k * t)  # w 2^16 = k s with s = t 2^16
-        ss.append(t << 16)
-        w = int(rng.integers(1, 1 << 30)) // k * k + (-pow(1 << 16, -1, k)) % k
-        if 0 < w <= 1 << 30:  # w 2^16 + 1 = k s
-            ws.append(w)
-            ss.append(((w << 16) + 1) // k)
-    for bits in (20, 30, 40, 50):
-        for _ in range(300):
-            s = int(rng.integers(1, 1 << bits))
-            w = min(s, 1 << 30)
-            ws += [0, w, int(rng.integers(0, w + 1))]
-            ss += [s, s, s]
-    w_f, s_f = np.array(ws, np.float64), np.array(ss, np.float64)
-    want = [(w << 16) // s for w, s in zip(ws, ss)]
-    assert quotients(w_f, s_f, False).tolist() == want
-    assert quotients(w_f, s_f, True).tolist() != want
+    ns, ds = [], []
+    for bits in (2, 12, 24, 36, 48):  # bits of d; the quotients fill the rest up to 2^49
+        for _ in range(500):
+            d = int(rng.integers(1 << (bits - 1), 1 << bits)) | int(rng.integers(0, 2))
+            k = int(rng.integers(0, max(1, ((1 << 49) - 1) // d)))
+            for n in (k * d - 1, k * d, k * d + 1, -k * d - 1, -k * d, -k * d + 1):
+                if abs(n) <= 1 << 49:
+                    ns.append(n)
+                    ds.append(d)
+    for d in (1, 3, (1 << 52) - 1):
+        ns += [0, 1 << 49, -(1 << 49), int(rng.integers(-(1 << 49), 1 << 49))]
+        ds += [d] * 4
+    n_f, d_f = np.array(ns, np.float64), np.array(ds, np.float64)
+    want = [n // d for n, d in zip(ns, ds)]
+    assert quotients(n_f, d_f, False).tolist() == want
+    assert quotients(n_f, d_f, True).tolist() != want
 
 
 def test_tile_cols_layout():
