@@ -702,8 +702,7 @@ def _softcap_block(logits, cap, tn, ta, tb, out, r0, r1):
     its corrections never fire in the tests, which cover every exp30 value; they keep the
     result exact without that argument.)"""
     one = np.int64(1) << 30
-    capf = np.float64(cap)
-    inv_cap = _inv_up(capf)
+    inv_cap = _inv_up(np.float64(cap))
     v_n = logits.shape[1]
     u = np.empty(v_n, np.int64)
     for r in range(r0, r1):
